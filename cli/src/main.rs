@@ -1,0 +1,37 @@
+//! `tgrpo`: the single binary of the system.
+//!
+//! Every role (executor, teacher proxy, rollout worker, learner) and every pipeline stage
+//! (data, synthesis, train, eval) is a subcommand. This file only parses arguments, sets
+//! up logging and dispatches; the work lives in the library crates, one per service.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+mod logging;
+mod shutdown;
+
+use clap::{Parser, Subcommand};
+
+/// Teacher-guided GRPO for code-generation models.
+#[derive(Debug, Parser)]
+#[command(name = "tgrpo", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    logging: logging::LoggingArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One subcommand per role and per pipeline stage.
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    logging::init(&cli.logging)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(commands::run(cli.command))
+}
