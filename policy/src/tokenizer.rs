@@ -1,0 +1,1 @@
+//! Tokenizer: from tokenizer.json or GGUF metadata (owned by the policy-tokenizer helper).
