@@ -1,0 +1,33 @@
+//! The teacher proxy: the one component of tgrpo that talks to the teacher.
+//!
+//! The teacher (Qwen3-32B behind vLLM in production, any OpenAI-compatible server in
+//! general) is the most expensive thing tgrpo touches. This crate meters it (bounded
+//! concurrency, counted tokens and retries), caches it (a content-addressed response cache:
+//! a rerun makes no teacher call), and checks it (each trace's code is scored against the
+//! problem's tests before the learner may imitate it).
+//!
+//! # Layout
+//! - [`config`]: `[teacher]`, the config section, with the seed's defaults.
+//! - [`wire`]: the OpenAI chat-completions request and response types, and the cache key.
+//! - [`backoff`]: exponential backoff with jitter, Retry-After parsing.
+//! - [`client`]: the [`Teacher`] trait and [`HttpTeacher`], the HTTP client.
+//! - [`parse`]: splitting `<think>` / `reasoning_content` from the answer.
+//! - [`cache`]: the on-disk response cache (atomic writes).
+//! - [`error`]: [`TeacherError`], the crate's one error type.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod parse;
+pub mod traces;
+pub mod wire;
+
+pub use cache::ResponseCache;
+pub use client::{HttpTeacher, Teacher, TeacherReply};
+pub use config::TeacherConfig;
+pub use error::{Result, TeacherError};
+pub use traces::{TraceRecord, TraceWriter, load_traces};
