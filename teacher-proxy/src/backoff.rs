@@ -37,12 +37,7 @@ impl RetryPolicy {
     /// The wait before retry number `retry` (0 = the first retry): the exponential delay
     /// `min(max, initial * 2^retry)` with equal jitter, raised to the server's Retry-After
     /// (capped at `max_retry_after`) when it sent one.
-    pub fn delay(
-        &self,
-        retry: u32,
-        retry_after: Option<Duration>,
-        rng: &mut impl Rng,
-    ) -> Duration {
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
         let exponential = self
             .initial
             .saturating_mul(2u32.saturating_pow(retry.min(31)))
@@ -93,11 +88,18 @@ mod tests {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..200 {
                 let delay = policy.delay(retry, None, &mut rng);
-                assert!(delay >= ceiling / 2, "retry {retry}: {delay:?} < half of {ceiling:?}");
+                assert!(
+                    delay >= ceiling / 2,
+                    "retry {retry}: {delay:?} < half of {ceiling:?}"
+                );
                 assert!(delay <= ceiling, "retry {retry}: {delay:?} > {ceiling:?}");
                 seen.insert(delay);
             }
-            assert!(seen.len() > 100, "retry {retry}: jitter produced only {} values", seen.len());
+            assert!(
+                seen.len() > 100,
+                "retry {retry}: jitter produced only {} values",
+                seen.len()
+            );
         }
     }
 
@@ -118,11 +120,17 @@ mod tests {
     fn retry_after_formats() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 0.25 ", now), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_retry_after(" 0.25 ", now),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_retry_after("-1", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         let later = httpdate::fmt_http_date(now + Duration::from_secs(42));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(42)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(42))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(42));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
     }

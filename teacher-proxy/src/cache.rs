@@ -92,7 +92,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|err| TeacherError::io(dir, err))?;
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|err| TeacherError::io(dir, err))?;
+    let mut file =
+        tempfile::NamedTempFile::new_in(dir).map_err(|err| TeacherError::io(dir, err))?;
     file.write_all(bytes)
         .and_then(|()| file.as_file().sync_data())
         .map_err(|err| TeacherError::io(file.path(), err))?;

@@ -118,10 +118,11 @@ impl HttpTeacher {
     /// A client for `config.api_url`, sending `api_key` (if any) as a bearer token.
     pub fn new(config: &TeacherConfig, api_key: Option<String>) -> Result<Self> {
         config.validate()?;
-        let endpoint = reqwest::Url::parse(&config.api_url).map_err(|err| TeacherError::Config {
-            field: "api_url",
-            reason: err.to_string(),
-        })?;
+        let endpoint =
+            reqwest::Url::parse(&config.api_url).map_err(|err| TeacherError::Config {
+                field: "api_url",
+                reason: err.to_string(),
+            })?;
         let http = reqwest::Client::builder()
             .timeout(config.timeout())
             .connect_timeout(config.connect_timeout())
@@ -165,12 +166,15 @@ impl HttpTeacher {
             attempts: 1,
             reason,
         };
-        let response = builder.send().await.map_err(|err| TeacherError::Transport {
-            endpoint: url.to_string(),
-            attempts: 1,
-            timed_out: err.is_timeout(),
-            reason: error_chain(&err),
-        })?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| TeacherError::Transport {
+                endpoint: url.to_string(),
+                attempts: 1,
+                timed_out: err.is_timeout(),
+                reason: error_chain(&err),
+            })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -315,7 +319,12 @@ mod tests {
         for code in [400, 401, 403, 404, 408, 413, 422] {
             assert!(!status(code).is_retryable(), "{code}");
         }
-        assert!(Failure::Malformed { reason: String::new() }.is_retryable());
+        assert!(
+            Failure::Malformed {
+                reason: String::new()
+            }
+            .is_retryable()
+        );
         assert!(
             Failure::Transport {
                 reason: String::new(),

@@ -100,14 +100,22 @@ impl TeacherConfig {
         }
         match reqwest::Url::parse(&self.api_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => return bad("api_url", format!("scheme {:?} is not http(s)", url.scheme())),
+            Ok(url) => {
+                return bad(
+                    "api_url",
+                    format!("scheme {:?} is not http(s)", url.scheme()),
+                );
+            }
             Err(err) => return bad("api_url", format!("{:?} is not a URL: {err}", self.api_url)),
         }
         if self.model_name.trim().is_empty() {
             return bad("model_name", "must not be empty");
         }
         if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
-            return bad("temperature", format!("{} is outside [0, 2]", self.temperature));
+            return bad(
+                "temperature",
+                format!("{} is outside [0, 2]", self.temperature),
+            );
         }
         if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} is outside (0, 1]", self.top_p));
@@ -132,7 +140,10 @@ impl TeacherConfig {
             ("connect_timeout_s", self.connect_timeout_s),
         ] {
             if !(seconds.is_finite() && seconds > 0.0) {
-                return bad(field, format!("{seconds} is not a positive number of seconds"));
+                return bad(
+                    field,
+                    format!("{seconds} is not a positive number of seconds"),
+                );
             }
         }
         if !(self.max_retry_after_s.is_finite() && self.max_retry_after_s >= 0.0) {
@@ -158,7 +169,10 @@ impl TeacherConfig {
             .as_ref()
             .is_some_and(|dir| dir.as_os_str().is_empty())
         {
-            return bad("cache_dir", "must not be empty (leave it out to turn the cache off)");
+            return bad(
+                "cache_dir",
+                "must not be empty (leave it out to turn the cache off)",
+            );
         }
         Ok(())
     }
@@ -230,13 +244,22 @@ mod tests {
             ("top_p", Box::new(|c| c.top_p = 0.0)),
             ("presence_penalty", Box::new(|c| c.presence_penalty = 3.0)),
             ("max_tokens", Box::new(|c| c.max_tokens = 0)),
-            ("num_samples_per_problem", Box::new(|c| c.num_samples_per_problem = 0)),
-            ("max_concurrent_requests", Box::new(|c| c.max_concurrent_requests = 0)),
+            (
+                "num_samples_per_problem",
+                Box::new(|c| c.num_samples_per_problem = 0),
+            ),
+            (
+                "max_concurrent_requests",
+                Box::new(|c| c.max_concurrent_requests = 0),
+            ),
             ("timeout_s", Box::new(|c| c.timeout_s = -1.0)),
             ("connect_timeout_s", Box::new(|c| c.connect_timeout_s = 0.0)),
             ("backoff_max_ms", Box::new(|c| c.backoff_max_ms = 1)),
             ("traces_path", Box::new(|c| c.traces_path = PathBuf::new())),
-            ("cache_dir", Box::new(|c| c.cache_dir = Some(PathBuf::new()))),
+            (
+                "cache_dir",
+                Box::new(|c| c.cache_dir = Some(PathBuf::new())),
+            ),
         ];
         for (field, mutate) in cases {
             let mut config = TeacherConfig::default();
@@ -269,7 +292,10 @@ mod tests {
             Some("tg".into())
         );
         assert_eq!(
-            api_key_from_env(env(&[("TGRPO_TEACHER_API_KEY", " "), ("OPENAI_API_KEY", "sk")])),
+            api_key_from_env(env(&[
+                ("TGRPO_TEACHER_API_KEY", " "),
+                ("OPENAI_API_KEY", "sk")
+            ])),
             Some("sk".into())
         );
     }

@@ -102,6 +102,13 @@ pub enum TeacherError {
         reason: String,
     },
 
+    /// Two problems share a task id: their traces would be indistinguishable.
+    #[error("problem id {problem_id} appears more than once in the problem set")]
+    DuplicateProblem {
+        /// The repeated task id.
+        problem_id: String,
+    },
+
     /// The run was cancelled (SIGINT/SIGTERM or a dropped caller) before it finished.
     #[error("cancelled")]
     Cancelled,
@@ -130,9 +137,9 @@ impl From<TeacherError> for tonic::Status {
     fn from(err: TeacherError) -> Self {
         let message = err.to_string();
         match err.root() {
-            TeacherError::Config { .. } | TeacherError::TraceLine { .. } => {
-                tonic::Status::invalid_argument(message)
-            }
+            TeacherError::Config { .. }
+            | TeacherError::TraceLine { .. }
+            | TeacherError::DuplicateProblem { .. } => tonic::Status::invalid_argument(message),
             TeacherError::Status { status, .. } if *status == 429 => {
                 tonic::Status::resource_exhausted(message)
             }

@@ -13,6 +13,10 @@
 //! - [`client`]: the [`Teacher`] trait and [`HttpTeacher`], the HTTP client.
 //! - [`parse`]: splitting `<think>` / `reasoning_content` from the answer.
 //! - [`cache`]: the on-disk response cache (atomic writes).
+//! - [`verify`]: the [`Verifier`] trait: scoring a trace's code against its tests.
+//! - [`source`]: [`TraceSource`], from (problem, sample) to a verified [`TraceRecord`].
+//! - [`traces`]: the traces file (record format, resumable writer, [`load_traces`]).
+//! - [`synthesis`]: the synthesis stage ([`synthesize`]) with progress and summary.
 //! - [`error`]: [`TeacherError`], the crate's one error type.
 
 #![forbid(unsafe_code)]
@@ -23,11 +27,17 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod parse;
+pub mod source;
+pub mod synthesis;
 pub mod traces;
+pub mod verify;
 pub mod wire;
 
 pub use cache::ResponseCache;
 pub use client::{HttpTeacher, Teacher, TeacherReply};
 pub use config::TeacherConfig;
 pub use error::{Result, TeacherError};
+pub use source::{MeterSnapshot, TraceOutcome, TraceSource};
+pub use synthesis::{SampleFailure, SynthesisSummary, synthesize};
 pub use traces::{TraceRecord, TraceWriter, load_traces};
+pub use verify::{Unverified, Verification, Verifier};

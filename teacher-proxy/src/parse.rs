@@ -12,8 +12,7 @@
 //! an answer. An empty block (`<think>\n\n</think>`, what Qwen3 emits with thinking off)
 //! counts as no reasoning.
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+use tgrpo_dataset::extract;
 
 /// An answer split into reasoning and final answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,47 +23,28 @@ pub struct SplitAnswer {
     pub answer: String,
 }
 
-/// Splits a completion's `content` and optional separate reasoning field.
+/// Splits a completion's `content` and optional separate reasoning field. The inline
+/// rules are the dataset crate's ([`extract::split_thinking`]), shared with the rollout
+/// workers so that teacher and policy answers are cut the same way.
 pub fn split_thinking(content: Option<&str>, reasoning: Option<&str>) -> SplitAnswer {
-    let content = content.unwrap_or("");
-    let inline = split_inline(content);
+    let inline = extract::split_thinking(content.unwrap_or(""));
+    let inline_thinking = inline.thinking.filter(|text| !text.is_empty());
     let separate = reasoning.map(str::trim).filter(|text| !text.is_empty());
-    let thinking = match (separate, inline.thinking) {
+    let thinking = match (separate, inline_thinking) {
         (Some(field), Some(tags)) => Some(format!("{field}\n\n{tags}")),
         (Some(field), None) => Some(field.to_owned()),
-        (None, tags) => tags,
+        (None, tags) => tags.map(str::to_owned),
     };
     SplitAnswer {
         thinking,
-        answer: inline.answer,
+        answer: inline.answer.trim().to_owned(),
     }
 }
 
-fn split_inline(content: &str) -> SplitAnswer {
-    let (thinking, answer) = match (content.find(OPEN), content.find(CLOSE)) {
-        // `before<think>R</think>after`: the answer is whatever surrounds the block.
-        (Some(open), Some(close)) if open < close => {
-            let reasoning = &content[open + OPEN.len()..close];
-            let answer = format!("{}{}", &content[..open], &content[close + CLOSE.len()..]);
-            (reasoning.to_owned(), answer)
-        }
-        // Cut by the token budget while still thinking.
-        (Some(open), _) => (
-            content[open + OPEN.len()..].to_owned(),
-            content[..open].to_owned(),
-        ),
-        // The opening tag was part of the prompt.
-        (None, Some(close)) => (
-            content[..close].to_owned(),
-            content[close + CLOSE.len()..].to_owned(),
-        ),
-        (None, None) => (String::new(), content.to_owned()),
-    };
-    let thinking = thinking.trim();
-    SplitAnswer {
-        thinking: (!thinking.is_empty()).then(|| thinking.to_owned()),
-        answer: answer.trim().to_owned(),
-    }
+/// The python program in a final answer (never in the reasoning, where drafts live):
+/// the dataset crate's extraction rules (several fences, an unterminated fence, no fence).
+pub fn extract_code(answer: &str, entry_point: Option<&str>) -> Option<String> {
+    extract::python_code(answer, entry_point).filter(|code| !code.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -109,7 +89,10 @@ mod tests {
 
     #[test]
     fn closing_tag_only() {
-        assert_eq!(split("reasoning\n</think>\nA"), (some("reasoning"), "A".to_owned()));
+        assert_eq!(
+            split("reasoning\n</think>\nA"),
+            (some("reasoning"), "A".to_owned())
+        );
     }
 
     #[test]
@@ -128,7 +111,34 @@ mod tests {
     }
 
     #[test]
-    fn text_before_the_block_is_kept_in_the_answer() {
-        assert_eq!(split("pre <think>T</think> post"), (some("T"), "pre  post".to_owned()));
+    fn code_comes_from_the_answer_not_the_thinking() {
+        let got = split_thinking(
+            Some("<think>draft:\n```python\ndef f(): return 0\n```\n</think>\nNo code, sorry."),
+            None,
+        );
+        assert_eq!(extract_code(&got.answer, Some("f")), None);
+        let got = split_thinking(
+            Some("```python\ndef f():\n    return 1\n```"),
+            Some("```python\ndef f(): return 0\n```"),
+        );
+        let code = extract_code(&got.answer, Some("f")).unwrap();
+        assert_eq!(code.trim_end(), "def f():\n    return 1");
+    }
+
+    #[test]
+    fn code_fences() {
+        // Several fences: the one defining the entry point, not the usage example after it.
+        let answer = "```python\ndef add(a, b):\n    return a + b\n```\nUse it:\n```python\nprint(add(1, 2))\n```";
+        let code = extract_code(answer, Some("add")).unwrap();
+        assert_eq!(code.trim_end(), "def add(a, b):\n    return a + b");
+        // Unterminated fence (cut by the token budget) runs to the end.
+        let code = extract_code("```python\ndef add(a, b):\n    return a + b", Some("add"));
+        assert_eq!(code.unwrap().trim_end(), "def add(a, b):\n    return a + b");
+        // No fence, but code.
+        let code = extract_code("def add(a, b):\n    return a + b\n", Some("add"));
+        assert!(code.unwrap().contains("return a + b"));
+        // No code at all.
+        assert_eq!(extract_code("I cannot solve this.", Some("add")), None);
+        assert_eq!(extract_code("", None), None);
     }
 }

@@ -216,7 +216,10 @@ mod tests {
             "extra": 1
         });
         let response = ChatResponse::from_value(&value).unwrap();
-        assert_eq!(response.first().message.reasoning_content.as_deref(), Some("r"));
+        assert_eq!(
+            response.first().message.reasoning_content.as_deref(),
+            Some("r")
+        );
         assert_eq!(response.usage, None);
         assert!(ChatResponse::from_value(&serde_json::json!({"choices": []})).is_err());
         assert!(ChatResponse::from_value(&serde_json::json!({"error": "x"})).is_err());
