@@ -136,13 +136,13 @@ impl GrpoConfig {
             ));
         }
         check_open_unit("grpo.epsilon", self.epsilon)?;
-        if let Some(high) = self.epsilon_high {
-            if !(high.is_finite() && high > 0.0) {
-                return Err(LearnerError::config(
-                    "grpo.epsilon_high",
-                    format!("must be a positive number, got {high}"),
-                ));
-            }
+        if let Some(high) = self.epsilon_high
+            && !(high.is_finite() && high > 0.0)
+        {
+            return Err(LearnerError::config(
+                "grpo.epsilon_high",
+                format!("must be a positive number, got {high}"),
+            ));
         }
         check_non_negative("grpo.kl_coef", self.kl_coef)?;
         if !(self.advantage_epsilon.is_finite() && self.advantage_epsilon > 0.0) {
@@ -157,13 +157,13 @@ impl GrpoConfig {
                 "must be at least 1",
             ));
         }
-        if let Some(cap) = self.importance_sampling_cap {
-            if !(cap.is_finite() && cap >= 1.0) {
-                return Err(LearnerError::config(
-                    "grpo.importance_sampling_cap",
-                    format!("must be at least 1 (or absent to disable), got {cap}"),
-                ));
-            }
+        if let Some(cap) = self.importance_sampling_cap
+            && !(cap.is_finite() && cap >= 1.0)
+        {
+            return Err(LearnerError::config(
+                "grpo.importance_sampling_cap",
+                format!("must be at least 1 (or absent to disable), got {cap}"),
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(LearnerError::config(

@@ -9,12 +9,35 @@
 //! - [`config`]: the `[grpo]`, `[dual_source]`, `[training]` and `[learner]` sections.
 //! - [`loss`]: the loss terms as pure tensor functions.
 //! - [`optim`]: AdamW with checkpointable state, grad clipping, the lr schedule.
+//! - [`groups`]: scored groups and SFT examples; dynamic sampling and self-SFT picks.
+//! - [`teacher`]: teacher traces → SFT targets, and their resumable order.
+//! - [`backend`]: the [`TrainablePolicy`] trait, the learner's one view of a model.
+//! - [`trainer`]: [`Learner`], one batch → `num_iterations` optimizer steps.
+//! - [`checkpoint`]: atomic checkpoint directories, keep-last-K.
+//! - [`metrics`]: the per-step JSONL metrics.
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod groups;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+pub mod teacher;
+pub mod trainer;
 
+#[cfg(test)]
+mod toy;
+
+pub use backend::{ScoreMode, TokenScores, TokenSequence, TrainablePolicy};
+pub use config::{
+    DualSourceConfig, GrpoConfig, KlEstimator, LearnerConfig, LossAggregation, LrSchedule,
+    ServiceConfig, TrainingConfig,
+};
 pub use error::{LearnerError, Result};
+pub use groups::{Completion, ScoredGroup, SftExample};
+pub use metrics::StepMetrics;
+pub use trainer::{BatchContext, Learner, schedule_length};

@@ -109,22 +109,26 @@ impl AdamW {
         } = self.params;
         let first_correction = 1.0 - beta1.powi(step);
         let second_correction = 1.0 - beta2.powi(step);
-        for index in 0..self.vars.len() {
-            let var = &self.vars[index];
-            let grad = match &grads[index] {
+        let slots = self.vars.iter().zip(grads).zip(
+            self.first_moments
+                .iter_mut()
+                .zip(self.second_moments.iter_mut()),
+        );
+        for ((var, grad), (first_moment, second_moment)) in slots {
+            let grad = match grad {
                 Some(grad) => grad.to_dtype(DType::F32)?,
                 None => var.zeros_like()?.to_dtype(DType::F32)?,
             };
-            let first = ((&self.first_moments[index] * beta1)? + (&grad * (1.0 - beta1))?)?;
-            let second = ((&self.second_moments[index] * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+            let first = ((&*first_moment * beta1)? + (&grad * (1.0 - beta1))?)?;
+            let second = ((&*second_moment * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
             let value = var.as_tensor().to_dtype(DType::F32)?;
             let decayed = (&value * (1.0 - learning_rate * weight_decay))?;
             let denominator = ((&second / second_correction)?.sqrt()? + epsilon)?;
             let update = ((&first / first_correction)? / denominator)?;
             let next = (decayed - (update * learning_rate)?)?;
             var.set(&next.to_dtype(var.dtype())?)?;
-            self.first_moments[index] = first;
-            self.second_moments[index] = second;
+            *first_moment = first;
+            *second_moment = second;
         }
         Ok(())
     }
