@@ -7,6 +7,7 @@
 //! - [`mbpp`]: MBPP rows (the original `full` release and the `sanitized` variant), by
 //!   task-id range into the standard splits, and the pooled, seeded 80/20 train/validation
 //!   split of the data stage;
+//! - [`hub`]: MBPP parquet files from the Hugging Face hub (or its offline cache);
 //! - [`humaneval`]: the openai/human-eval JSONL format;
 //! - [`jsonl`]: reading JSONL with errors that name the file and line, and atomic writes;
 //! - [`prompt`]: the user message a policy or teacher is asked;
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod extract;
+pub mod hub;
 pub mod humaneval;
 pub mod jsonl;
 pub mod mbpp;
