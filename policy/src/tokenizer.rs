@@ -961,30 +961,32 @@ impl StreamDecoder {
         &self.ids
     }
 
-    /// Looks for the earliest stop string in the text emitted since the last call (plus
-    /// enough of the text before it to catch a stop string split across pieces). Empty stop
-    /// strings are ignored.
+    /// Looks for the earliest stop string that ends in the text emitted since the last call
+    /// (it may start in earlier text: stop strings split across pieces are found). Empty stop
+    /// strings are ignored. The completion is `text()[..byte_offset]` of the match.
     pub fn find_stop<S: AsRef<str>>(&mut self, stops: &[S]) -> Option<StopMatch> {
-        let longest = stops
-            .iter()
-            .map(|stop| stop.as_ref().len())
-            .max()
-            .unwrap_or(0);
-        let mut search_from = self.stop_checked.saturating_sub(longest.saturating_sub(1));
-        while !self.text.is_char_boundary(search_from) {
-            search_from -= 1;
-        }
+        let already_checked = self.stop_checked;
         self.stop_checked = self.text.len();
-        let window = &self.text[search_from..];
         stops
             .iter()
             .enumerate()
             .filter(|(_, stop)| !stop.as_ref().is_empty())
             .filter_map(|(stop_index, stop)| {
-                window.find(stop.as_ref()).map(|at| StopMatch {
-                    stop_index,
-                    byte_offset: search_from + at,
-                })
+                let stop = stop.as_ref();
+                // A match is new when it ends in the unchecked text; start early enough to
+                // catch one that begins in text already checked.
+                let mut search_from = already_checked.saturating_sub(stop.len() - 1);
+                while !self.text.is_char_boundary(search_from) {
+                    search_from -= 1;
+                }
+                self.text[search_from..]
+                    .match_indices(stop)
+                    .map(|(at, _)| search_from + at)
+                    .find(|&start| start + stop.len() > already_checked)
+                    .map(|byte_offset| StopMatch {
+                        stop_index,
+                        byte_offset,
+                    })
             })
             .min_by_key(|found| (found.byte_offset, found.stop_index))
     }
