@@ -1,0 +1,220 @@
+//! `tgrpo bench executor`: programs per second of the warm sandbox pool against a naive
+//! runner that starts a fresh `python3` per program (what a harness without a pool
+//! does), measured in the same process on the same programs: the MBPP references and a
+//! wrong variant of each.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tgrpo_proto::executor::{ScoreRequest, Verdict};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::config::ExecutorConfig;
+use crate::error::ExecutorError;
+use crate::mbpp;
+use crate::scorer::Scorer;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// `mbpp.jsonl`.
+    pub mbpp_path: PathBuf,
+    /// Slots of the pool, and processes the naive runner keeps running at once.
+    pub slots: usize,
+    /// How many of the programs (references and wrong variants, interleaved) the pool
+    /// scores; 0 means all.
+    pub pool_programs: usize,
+    /// How many programs the naive runner scores (it is slow; a sample suffices).
+    pub naive_programs: usize,
+    /// Executor settings for the pool (its `slots` is replaced by `slots` above).
+    pub executor: ExecutorConfig,
+}
+
+/// One runner's measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerResult {
+    /// Programs scored.
+    pub programs: usize,
+    /// Of which passed.
+    pub passed: usize,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+impl RunnerResult {
+    /// Programs per second.
+    pub fn rate(&self) -> f64 {
+        self.programs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Both measurements.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// The warm pool.
+    pub pool: RunnerResult,
+    /// A fresh python per program.
+    pub naive: RunnerResult,
+    /// Slots used by both.
+    pub slots: usize,
+    /// Whether the pool ran sandboxed.
+    pub sandboxed: bool,
+}
+
+impl BenchReport {
+    /// Pool throughput over naive throughput.
+    pub fn ratio(&self) -> f64 {
+        self.pool.rate() / self.naive.rate().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "executor benchmark: {} slots, {}",
+            self.slots,
+            if self.sandboxed { "sandboxed" } else { "UNSANDBOXED" }
+        )?;
+        writeln!(
+            f,
+            "  pool : {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s",
+            self.pool.programs,
+            self.pool.passed,
+            self.pool.elapsed.as_secs_f64(),
+            self.pool.rate()
+        )?;
+        writeln!(
+            f,
+            "  naive: {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s (fresh python3 per program, no sandbox)",
+            self.naive.programs,
+            self.naive.passed,
+            self.naive.elapsed.as_secs_f64(),
+            self.naive.rate()
+        )?;
+        write!(f, "  ratio: {:.2}x", self.ratio())
+    }
+}
+
+/// The programs: reference and wrong variant of each task, interleaved.
+fn programs(tasks: &[mbpp::MbppTask]) -> Vec<ScoreRequest> {
+    tasks
+        .iter()
+        .flat_map(|task| [task.reference_request(), task.wrong_request()])
+        .collect()
+}
+
+/// Runs both measurements.
+pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
+    let tasks = mbpp::load(&options.mbpp_path)?;
+    let all = programs(&tasks);
+    let take = |count: usize| {
+        let count = if count == 0 { all.len() } else { count.min(all.len()) };
+        all[..count].to_vec()
+    };
+    let slots = options.slots.max(1);
+    let executor = ExecutorConfig {
+        slots,
+        ..options.executor.clone()
+    };
+    let scorer = Scorer::local(executor.clone()).await?;
+    let sandboxed = scorer.isolation().is_some_and(|report| report.sandboxed);
+
+    // Warm-up: the first executions fault in the fork-servers' pages.
+    scorer.score_many(take(slots * 4)).await?;
+
+    let pool_programs = take(options.pool_programs);
+    let started = Instant::now();
+    let responses = scorer.score_many(pool_programs).await?;
+    let pool = RunnerResult {
+        programs: responses.len(),
+        passed: responses
+            .iter()
+            .filter(|response| response.verdict() == Verdict::Passed)
+            .count(),
+        elapsed: started.elapsed(),
+    };
+
+    let naive_programs = take(options.naive_programs);
+    let naive = run_naive(&executor.python, &naive_programs, slots, executor.default_timeout()).await?;
+    Ok(BenchReport {
+        pool,
+        naive,
+        slots,
+        sandboxed,
+    })
+}
+
+/// The baseline: each program with its tests as one script, run by a new interpreter;
+/// it passes when the script exits 0.
+pub async fn run_naive(
+    python: &Path,
+    requests: &[ScoreRequest],
+    concurrency: usize,
+    timeout: Duration,
+) -> Result<RunnerResult, ExecutorError> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for request in requests {
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ExecutorError::PoolClosed)?;
+        let script = format!(
+            "{}\n{}\n{}\n",
+            request.code,
+            request.setup_code,
+            request.tests.join("\n")
+        );
+        let python = python.to_path_buf();
+        tasks.spawn(async move {
+            let _permit = permit;
+            run_script(&python, &script, timeout).await
+        });
+    }
+    let mut passed = 0;
+    while let Some(result) = tasks.join_next().await {
+        if result.map_err(|err| ExecutorError::Slot {
+            slot: 0,
+            reason: err.to_string(),
+        })?? {
+            passed += 1;
+        }
+    }
+    Ok(RunnerResult {
+        programs: requests.len(),
+        passed,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn run_script(python: &Path, script: &str, timeout: Duration) -> Result<bool, ExecutorError> {
+    let mut child = tokio::process::Command::new(python)
+        .args(["-I", "-S", "-"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ExecutorError::Spawn {
+            python: python.to_path_buf(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits before reading its script is simply a failure.
+        let _ = stdin.write_all(script.as_bytes()).await;
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => Ok(status.success()),
+        Ok(Err(_)) => Ok(false),
+        Err(_) => {
+            let _ = child.kill().await;
+            Ok(false)
+        }
+    }
+}
