@@ -12,3 +12,9 @@ pub mod executor {
     //! `tgrpo.executor.v1`: scoring untrusted code against tests.
     tonic::include_proto!("tgrpo.executor.v1");
 }
+
+pub mod learner {
+    //! `tgrpo.learner.v1`: rollout workers pull prompts from the learner and push scored
+    //! groups to it.
+    tonic::include_proto!("tgrpo.learner.v1");
+}
