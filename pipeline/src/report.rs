@@ -85,10 +85,10 @@ pub fn training_panels(metrics_path: &Path) -> Result<Vec<Panel>, ReportError> {
         };
         for (_, fields) in TRAINING_PANELS {
             for field in *fields {
-                if let Some(value) = row.get(*field).and_then(serde_json::Value::as_f64) {
-                    if value.is_finite() {
-                        columns.entry(field).or_default().push((step, value));
-                    }
+                if let Some(value) = row.get(*field).and_then(serde_json::Value::as_f64)
+                    && value.is_finite()
+                {
+                    columns.entry(field).or_default().push((step, value));
                 }
             }
         }
