@@ -23,7 +23,7 @@ use minijinja::value::Kwargs;
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::{Tokenizer, TokenizerError, read_json_if_present, token_content};
+use crate::tokenizer::{Tokenizer, TokenizerError, gguf_int, read_json_if_present, token_content};
 
 /// The fallback template for models that ship none: ChatML
 /// (`<|im_start|>{role}\n{content}<|im_end|>\n` per message, then `<|im_start|>assistant\n`
@@ -208,8 +208,8 @@ impl ChatTemplate {
             .get("tokenizer.ggml.tokens")
             .and_then(|tokens| tokens.to_vec().ok());
         let token_string = |key: &str| {
-            let id = metadata.get(key)?.to_u32().ok()?;
-            tokens?.get(id as usize)?.to_string().ok().cloned()
+            let id = usize::try_from(gguf_int(metadata.get(key)?)?).ok()?;
+            tokens?.get(id)?.to_string().ok().cloned()
         };
         let special_tokens: BTreeMap<String, String> = [
             ("bos_token", "tokenizer.ggml.bos_token_id"),

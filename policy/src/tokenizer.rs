@@ -1027,7 +1027,7 @@ fn gguf_array<'a>(
 }
 
 /// Any GGUF integer type as i64 (writers differ: token types are i32, ids u32 or i32).
-fn gguf_int(value: &gguf_file::Value) -> Option<i64> {
+pub(crate) fn gguf_int(value: &gguf_file::Value) -> Option<i64> {
     use gguf_file::Value;
     match *value {
         Value::U8(v) => Some(v.into()),

@@ -298,6 +298,12 @@ fn templates_load_from_gguf_metadata() -> Result<()> {
     spec.bos_token_id = Some(1);
     spec.eos_token_id = Some(2);
     let mut metadata = spec.gguf_metadata();
+    // Writers differ in integer types: read an i32 id as well as a u32 one.
+    metadata.retain(|(key, _)| key != "tokenizer.ggml.eos_token_id");
+    metadata.push((
+        "tokenizer.ggml.eos_token_id".into(),
+        gguf_file::Value::I32(2),
+    ));
     metadata.push((
         "tokenizer.chat_template".into(),
         gguf_file::Value::String(SMOLLM2_TEMPLATE.into()),
