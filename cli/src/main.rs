@@ -25,7 +25,15 @@ struct Cli {
 
 /// One subcommand per role and per pipeline stage.
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Performance benchmarks (`tgrpo bench broadcast`, ...).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Serve sandboxed scoring of untrusted code over gRPC (an executor worker).
+    Executor(commands::executor::ExecutorArgs),
+    /// Score a JSONL file of programs against their tests.
+    Score(commands::score::ScoreArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
