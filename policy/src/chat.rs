@@ -39,25 +39,31 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// Why a chat template could not be loaded or rendered; names the template's origin.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
+    /// The template has a Jinja syntax error.
     #[error("chat template from {origin} does not compile: {source:#}")]
     Syntax {
         origin: String,
         source: minijinja::Error,
     },
+    /// Rendering failed (including `raise_exception` in the template).
     #[error("rendering chat template from {origin}: {source:#}")]
     Render {
         origin: String,
         source: minijinja::Error,
     },
+    /// `chat_template` in `tokenizer_config.json` has an unusable shape.
     #[error("{path}: `chat_template` {message}")]
     Config { path: PathBuf, message: String },
+    /// `chat_template.jinja` could not be read.
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `tokenizer.chat_template` in a GGUF is not a string.
     #[error("gguf metadata `tokenizer.chat_template` is not a string")]
     GgufTemplate,
+    /// Reading `tokenizer_config.json` or encoding the prompt failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 }

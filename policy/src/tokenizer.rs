@@ -39,36 +39,48 @@ pub const END_OF_TURN_TOKENS: &[&str] = &[
 /// Why a tokenizer could not be loaded, built or used. Each variant names the input at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A file could not be read.
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A JSON config file is malformed.
     #[error("parsing {path}: {source}")]
     Json {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// `tokenizer.json` could not be loaded by the tokenizers crate.
     #[error("loading tokenizer {path}: {message}")]
     Load { path: PathBuf, message: String },
+    /// A GGUF header could not be read.
     #[error("reading gguf {path}: {message}")]
     Gguf { path: PathBuf, message: String },
+    /// A `tokenizer.ggml.*` key is missing or has the wrong type.
     #[error("gguf tokenizer metadata `{key}`: {message}")]
     GgufMetadata { key: String, message: String },
+    /// The GGUF tokenizer is not a byte-level BPE (`tokenizer.ggml.model` other than `gpt2`).
     #[error("gguf tokenizer model `{model}` is not supported (only `gpt2`, byte-level bpe)")]
     UnsupportedModel { model: String },
+    /// The GGUF names a pre-tokenizer whose split regex we do not implement.
     #[error(
         "gguf pre-tokenizer `{pre}` is not supported (supported: qwen2, llama-bpe, smollm, starcoder, gpt2)"
     )]
     UnsupportedPreTokenizer { pre: String },
+    /// Vocabulary, merges or special ids are inconsistent.
     #[error("building byte-level bpe tokenizer: {message}")]
     Build { message: String },
+    /// Training a test tokenizer failed.
     #[error("training byte-level bpe tokenizer: {message}")]
     Train { message: String },
+    /// Encoding failed.
     #[error("encoding text ({len} bytes): {message}")]
     Encode { len: usize, message: String },
+    /// Decoding failed.
     #[error("decoding {count} token ids: {message}")]
     Decode { count: usize, message: String },
+    /// Writing `tokenizer.json` failed.
     #[error("saving tokenizer to {path}: {message}")]
     Save { path: PathBuf, message: String },
 }
