@@ -18,3 +18,8 @@ pub mod learner {
     //! groups to it.
     tonic::include_proto!("tgrpo.learner.v1");
 }
+
+pub mod teacher {
+    //! `tgrpo.teacher.v1`: on-line, verified teacher traces through the teacher proxy.
+    tonic::include_proto!("tgrpo.teacher.v1");
+}

@@ -109,6 +109,16 @@ pub enum TeacherError {
         problem_id: String,
     },
 
+    /// The gRPC server failed (bind, accept, HTTP/2).
+    #[error("teacher proxy on {address}: {source}")]
+    Serve {
+        /// The address it served on.
+        address: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
     /// The run was cancelled (SIGINT/SIGTERM or a dropped caller) before it finished.
     #[error("cancelled")]
     Cancelled,
@@ -154,9 +164,10 @@ impl From<TeacherError> for tonic::Status {
             | TeacherError::MalformedResponse { .. }
             | TeacherError::Verify { .. } => tonic::Status::unavailable(message),
             TeacherError::Cancelled => tonic::Status::cancelled(message),
-            TeacherError::Local(_) | TeacherError::Io { .. } | TeacherError::Sample { .. } => {
-                tonic::Status::internal(message)
-            }
+            TeacherError::Local(_)
+            | TeacherError::Io { .. }
+            | TeacherError::Serve { .. }
+            | TeacherError::Sample { .. } => tonic::Status::internal(message),
         }
     }
 }

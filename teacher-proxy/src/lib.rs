@@ -16,6 +16,7 @@
 //! - [`verify`]: the [`Verifier`] trait: scoring a trace's code against its tests.
 //! - [`source`]: [`TraceSource`], from (problem, sample) to a verified [`TraceRecord`].
 //! - [`traces`]: the traces file (record format, resumable writer, [`load_traces`]).
+//! - [`server`]: the gRPC service `tgrpo.teacher.v1.Teacher` (`tgrpo teacher-proxy`).
 //! - [`synthesis`]: the synthesis stage ([`synthesize`]) with progress and summary.
 //! - [`error`]: [`TeacherError`], the crate's one error type.
 
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod parse;
+pub mod server;
 pub mod source;
 pub mod synthesis;
 pub mod traces;
