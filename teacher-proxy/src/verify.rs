@@ -8,9 +8,11 @@
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
-use tgrpo_dataset::Problem;
+use tgrpo_dataset::{Problem, TestFormat};
+use tgrpo_executor::{Scorer, requests};
+use tgrpo_proto::executor::{ScoreRequest, Verdict};
 
-use crate::error::Result;
+use crate::error::{Result, TeacherError};
 
 /// What verification concluded about one trace's code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,5 +65,57 @@ pub struct Unverified;
 impl Verifier for Unverified {
     async fn verify(&self, _problem: &Problem, _code: &str) -> Result<Verification> {
         Ok(Verification::unverified())
+    }
+}
+
+/// The executor's scoring handle (in-process sandbox pool or balanced gRPC client): the
+/// verifier every real run uses.
+impl Verifier for Scorer {
+    async fn verify(&self, problem: &Problem, code: &str) -> Result<Verification> {
+        let response = self
+            .score(score_request(problem, code))
+            .await
+            .map_err(|err| TeacherError::Verify {
+                problem_id: problem.task_id.clone(),
+                reason: err.to_string(),
+            })?;
+        let verdict = response.verdict();
+        Ok(Verification {
+            passed: verdict == Verdict::Passed,
+            reward: response.reward,
+            verdict: match verdict {
+                Verdict::Passed => "passed",
+                Verdict::Failed => "failed",
+                Verdict::Timeout => "timeout",
+                Verdict::Error | Verdict::Unspecified => "error",
+            }
+            .to_owned(),
+        })
+    }
+}
+
+/// The executor request that checks `code` against `problem`'s tests (binary reward,
+/// the executor's default time limit).
+pub fn score_request(problem: &Problem, code: &str) -> ScoreRequest {
+    let id = problem.task_id.clone();
+    let program = problem.program_for(code);
+    match problem.format {
+        TestFormat::Mbpp => requests::mbpp(
+            id,
+            program,
+            problem.tests.clone(),
+            problem.setup_code.clone(),
+        ),
+        TestFormat::HumanEval => requests::humaneval(
+            id,
+            program,
+            problem.tests.first().cloned().unwrap_or_default(),
+            problem.entry_point.clone().unwrap_or_default(),
+        ),
+        TestFormat::Generic => {
+            let mut request = requests::generic(id, program, problem.tests.clone());
+            request.setup_code = problem.setup_code.clone();
+            request
+        }
     }
 }

@@ -221,41 +221,15 @@ async fn models() -> Response {
         .into_response()
 }
 
-/// The verifier the tests score traces with.
-// TODO(teacher): switch to the executor's in-process pool once tgrpo-executor lands.
-pub async fn verifier() -> PythonVerifier {
-    PythonVerifier
-}
-
-/// Runs code + tests in a plain `/usr/bin/python3` (no sandbox): a stand-in until the
-/// executor crate is on main.
-pub struct PythonVerifier;
-
-impl tgrpo_teacher::Verifier for PythonVerifier {
-    async fn verify(
-        &self,
-        problem: &tgrpo_dataset::Problem,
-        code: &str,
-    ) -> tgrpo_teacher::Result<tgrpo_teacher::Verification> {
-        let program = format!(
-            "{}\n{}\n{}\n",
-            code,
-            problem.setup_code,
-            problem.tests.join("\n")
-        );
-        let status = tokio::process::Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(program)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        let passed = status.success();
-        Ok(tgrpo_teacher::Verification {
-            passed,
-            reward: if passed { 1.0 } else { 0.0 },
-            verdict: if passed { "passed" } else { "failed" }.to_owned(),
-        })
-    }
+/// The verifier the tests score traces with: the real executor, an in-process pool of
+/// sandboxes, with a uid range no other test process uses.
+pub async fn verifier() -> tgrpo_executor::Scorer {
+    let config = tgrpo_executor::ExecutorConfig {
+        slots: 2,
+        uid_base: 3_000_000 + (std::process::id() % 100_000) * 64,
+        ..tgrpo_executor::ExecutorConfig::default()
+    };
+    tgrpo_executor::Scorer::local(config)
+        .await
+        .expect("the executor's sandbox pool starts (run as root, with /usr/bin/python3)")
 }
