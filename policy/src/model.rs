@@ -467,12 +467,13 @@ impl KvCache {
         let index = Tensor::from_slice(rows, rows.len(), &device)?;
         let keep = self.capacity - drop_front;
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            let narrowed = if drop_front > 0 {
-                buf.narrow(2, drop_front, keep)?
+            // index_select needs a contiguous source: select rows first, then drop columns.
+            let selected = buf.index_select(&index, 0)?;
+            *buf = if drop_front > 0 {
+                selected.narrow(2, drop_front, keep)?.contiguous()?
             } else {
-                buf.clone()
+                selected
             };
-            *buf = narrowed.index_select(&index, 0)?.contiguous()?;
         }
         self.len -= drop_front;
         self.capacity = keep;

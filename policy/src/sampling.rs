@@ -512,3 +512,111 @@ fn push_token(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frequencies(
+        logits: &[f32],
+        params: &SamplingParams,
+        draws: usize,
+    ) -> (Vec<f64>, HashMap<u32, f32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+        let mut counts = vec![0f64; logits.len()];
+        let mut logprobs = HashMap::new();
+        for _ in 0..draws {
+            let (token, lp) = sample_token(logits, params, &mut rng);
+            counts[token as usize] += 1.0 / draws as f64;
+            logprobs.insert(token, lp);
+        }
+        (counts, logprobs)
+    }
+
+    fn softmax(logits: &[f64]) -> Vec<f64> {
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+        let z: f64 = exp.iter().sum();
+        exp.iter().map(|e| e / z).collect()
+    }
+
+    const LOGITS: [f32; 6] = [2.0, 1.0, 0.5, 0.0, -1.0, 3.0];
+
+    #[test]
+    fn temperature_sampling_matches_the_tempered_softmax() {
+        let params = SamplingParams {
+            temperature: 0.7,
+            seed: 1,
+            ..Default::default()
+        };
+        let expected = softmax(&LOGITS.iter().map(|&l| l as f64 / 0.7).collect::<Vec<_>>());
+        let (freq, logprobs) = frequencies(&LOGITS, &params, 40_000);
+        for (i, (f, p)) in freq.iter().zip(&expected).enumerate() {
+            assert!(
+                (f - p).abs() < 0.01,
+                "token {i}: frequency {f}, probability {p}"
+            );
+            if let Some(lp) = logprobs.get(&(i as u32)) {
+                assert!((*lp as f64 - p.ln()).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn top_k_and_top_p_truncate_and_renormalise() {
+        // top-k 3 keeps tokens 5, 0, 1.
+        let params = SamplingParams {
+            top_k: 3,
+            seed: 2,
+            ..Default::default()
+        };
+        let kept = softmax(&[3.0, 2.0, 1.0]);
+        let (freq, logprobs) = frequencies(&LOGITS, &params, 40_000);
+        for (token, p) in [(5u32, kept[0]), (0, kept[1]), (1, kept[2])] {
+            assert!((freq[token as usize] - p).abs() < 0.01);
+            assert!((logprobs[&token] as f64 - p.ln()).abs() < 1e-5);
+        }
+        assert_eq!(freq[2] + freq[3] + freq[4], 0.0);
+        // top-p: full probabilities are ~[0.23, 0.08, 0.05, 0.03, 0.01, 0.62]; 0.8 keeps
+        // 5 and 0 (0.85 ≥ 0.8), nothing else.
+        let full = softmax(&LOGITS.iter().map(|&l| l as f64).collect::<Vec<_>>());
+        let params = SamplingParams {
+            top_p: 0.8,
+            seed: 3,
+            ..Default::default()
+        };
+        let (freq, logprobs) = frequencies(&LOGITS, &params, 40_000);
+        let mass = full[5] + full[0];
+        assert!((freq[5] - full[5] / mass).abs() < 0.01);
+        assert!((freq[0] - full[0] / mass).abs() < 0.01);
+        assert!((logprobs[&5] as f64 - (full[5] / mass).ln()).abs() < 1e-5);
+        assert_eq!(freq[1] + freq[2] + freq[3] + freq[4], 0.0);
+    }
+
+    #[test]
+    fn top_p_over_a_large_flat_vocabulary_falls_back_to_a_full_sort() {
+        // 10k equal logits: the threshold prefilter keeps all of them and the nucleus is
+        // the first 90% by (probability, id) order, i.e. ids 0..9000.
+        let logits = vec![0f32; 10_000];
+        let params = SamplingParams {
+            top_p: 0.9,
+            seed: 4,
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..2000 {
+            let (token, lp) = sample_token(&logits, &params, &mut rng);
+            assert!(token < 9000);
+            assert!((lp as f64 - (1.0f64 / 9000.0).ln()).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn greedy_picks_the_first_maximum() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            sample_token(&[1.0, 3.0, 3.0, 2.0], &SamplingParams::greedy(1), &mut rng),
+            (1, 0.0)
+        );
+    }
+}

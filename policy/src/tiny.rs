@@ -219,7 +219,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Te
     let mut w = HashMap::new();
     w.insert(
         "model.embed_tokens.weight".to_string(),
-        tensor(&[cfg.vocab_size, h], 0.0, 1.0)?,
+        tensor(&[cfg.vocab_size, h], 0.0, 0.3)?,
     );
     for layer in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{layer}");
@@ -271,7 +271,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<HashMap<String, Te
     if !cfg.tie_word_embeddings {
         w.insert(
             "lm_head.weight".to_string(),
-            tensor(&[cfg.vocab_size, h], 0.0, 0.5)?,
+            tensor(&[cfg.vocab_size, h], 0.0, 0.3)?,
         );
     }
     Ok(w)
