@@ -33,6 +33,13 @@ enum Command {
     Executor(commands::executor::ExecutorArgs),
     /// Score a JSONL file of programs against their tests.
     Score(commands::score::ScoreArgs),
+    /// Connectivity and format checks (`tgrpo check teacher`).
+    #[command(subcommand)]
+    Check(commands::check::CheckCommand),
+    /// The synthesis stage: verified teacher traces for the training problems (resumes).
+    Synthesis(commands::synthesis::SynthesisArgs),
+    /// Serve on-line teacher traces over gRPC: the one place that meters the teacher.
+    TeacherProxy(commands::teacher_proxy::TeacherProxyArgs),
 }
 
 fn main() -> anyhow::Result<()> {

@@ -4,9 +4,14 @@
 pub mod bench;
 pub mod bench_broadcast;
 pub mod bench_executor;
+pub mod check;
+mod check_teacher;
 pub mod executor;
 mod sandbox_args;
 pub mod score;
+pub mod synthesis;
+mod teacher_args;
+pub mod teacher_proxy;
 
 use crate::Command;
 
@@ -16,5 +21,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(command).await,
         Command::Executor(args) => executor::run(args).await,
         Command::Score(args) => score::run(args).await,
+        Command::Check(command) => check::run(command).await,
+        Command::Synthesis(args) => synthesis::run(args).await,
+        Command::TeacherProxy(args) => teacher_proxy::run(args).await,
     }
 }
