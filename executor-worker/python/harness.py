@@ -19,7 +19,7 @@
 # Everything U sends is decoded by T into plain data (or opaque handles), and T compares
 # with its own `==`; U can choose the return values of its functions, nothing more.
 
-import ast
+import _socket
 import builtins
 import ctypes
 import fcntl
@@ -28,50 +28,29 @@ import json
 import os
 import resource
 import select
-import signal
-import socket
 import struct
 import sys
 import time
 import types
 
-# Pre-imported so that executions (forks) pay nothing for them, and so that T resolves
-# the program's module references to these pristine copies.
+# Pre-imported so that executions (forks) pay nothing for them: the modules MBPP-style
+# programs import most (re, math, collections, heapq, itertools, ...). Every module
+# imported here makes each fork dearer (more pages to map, copy and tear down), so the
+# rarely used rest is imported on demand, by U or by T, from the read-only /usr.
 import array
 import bisect
 import cmath
 import collections
-import collections.abc
 import copy
-import datetime
-import decimal
-import fractions
 import functools
-import hashlib
 import heapq
 import itertools
 import math
 import operator
-import random
 import re
-import statistics
 import string
-import typing
-import textwrap
-import unicodedata
-import numbers
-import enum
-import dataclasses
-import io
-import keyword
-import calendar
-import difflib
-import binascii
-import base64
-import pprint
-import contextlib
-import shutil
-import tempfile
+
+SIGKILL = 9
 
 HEADER = struct.Struct(">I")
 
@@ -81,7 +60,7 @@ SAFE_MODULES = frozenset(
     """array bisect cmath collections copy datetime decimal fractions functools hashlib
     heapq itertools math operator random re statistics string typing textwrap unicodedata
     numbers enum dataclasses keyword calendar difflib binascii base64 pprint struct sys
-    time json string""".split()
+    time json""".split()
 )
 
 # Builtins that a value sent by U may name (tag "n"); anything that evaluates code or
@@ -338,6 +317,11 @@ class Proxy:
         return _peer_of(self).request("unop", "ceil", self)
 
 
+def _loaded_type(module_name, type_name):
+    module = sys.modules.get(module_name)
+    return getattr(module, type_name, None) if module is not None else None
+
+
 def _peer_of(proxy):
     return object.__getattribute__(proxy, "_tgrpo_peer")
 
@@ -582,10 +566,6 @@ class Peer:
             return ["ba", value.decode("latin-1")]
         if kind is complex:
             return ["c", enc(value.real, depth), enc(value.imag, depth)]
-        if kind is decimal.Decimal:
-            return ["D", str(value)]
-        if kind is fractions.Fraction:
-            return ["F", enc(value.numerator, depth), enc(value.denominator, depth)]
         if kind is collections.deque:
             return ["q", value.maxlen] + [enc(item, depth) for item in value]
         if kind is collections.OrderedDict:
@@ -610,6 +590,12 @@ class Peer:
             return ["di"] + [enc(item, depth) for item in value]
         if kind is types.ModuleType:
             return ["m", str(getattr(value, "__name__", "")), self.export(value)]
+        # decimal and fractions are not pre-imported: a value of theirs can only exist
+        # when the module is loaded already.
+        if kind is _loaded_type("decimal", "Decimal"):
+            return ["D", str(value)]
+        if kind is _loaded_type("fractions", "Fraction"):
+            return ["F", enc(value.numerator, depth), enc(value.denominator, depth)]
         if id(value) in _BUILTIN_NAME_OF and id(value) in _ALLOWED_BUILTIN_IDS:
             return ["n", _BUILTIN_NAME_OF[id(value)]]
         # Subclasses of data types travel as their base value (a namedtuple as a tuple,
@@ -710,6 +696,8 @@ class Peer:
             self._expect(body, 1, str)
             if len(body[0]) > 10000:
                 raise ProtocolError("bad decimal")
+            import decimal
+
             try:
                 return decimal.Decimal(body[0])
             except (decimal.InvalidOperation, ValueError):
@@ -720,6 +708,8 @@ class Peer:
             num, den = dec(body[0], depth), dec(body[1], depth)
             if type(num) is not int or type(den) is not int or den <= 0:
                 raise ProtocolError("bad fraction")
+            import fractions
+
             return fractions.Fraction(num, den)
         if tag == "q":
             if not body or not (body[0] is None or (type(body[0]) is int and body[0] >= 0)):
@@ -886,9 +876,10 @@ def _perform_untrusted(peer, op, args):
         if name in namespace:
             return (True, namespace[name])
         return (False, None)
-    if op == "has":
+    if op == "getmany":
         (names,) = args
-        return [name in peer.namespace for name in names]
+        namespace = peer.namespace
+        return [(True, namespace[name]) if name in namespace else (False, None) for name in names]
     if op == "call":
         target, call_args, call_kwargs = args
         return target(*call_args, **call_kwargs)
@@ -949,10 +940,9 @@ def _flush_stdio():
 
 class TestNamespace(dict):
     """Globals of the test code in T. Names the tests define live here; a missing name is
-    looked up in the program (U) on each use, so calls go to the program's current
-    functions. Names of builtins resolve to T's own builtins unless the program's
-    function under test itself bears a builtin's name (`def sum(a, b)` in MBPP 126);
-    names of stdlib modules resolve to T's own module."""
+    looked up in the program (U). Names of builtins resolve to T's own builtins unless
+    the program's function under test itself bears a builtin's name (`def sum(a, b)` in
+    MBPP 126); names of stdlib modules resolve to T's own module."""
 
     __slots__ = ()
 
@@ -960,12 +950,16 @@ class TestNamespace(dict):
         state = _NAMESPACE_STATE
         if name in _BUILTIN_NAMES and name not in state["honor"]:
             raise KeyError(name)
-        peer = state["peer"]
-        if peer is None:
-            raise KeyError(name)
-        found, value = peer.request("get", name)
-        if type(found) is not bool:
-            raise ProtocolError("malformed lookup reply")
+        cache = state["cache"]
+        if name in cache:
+            found, value = cache[name]
+        else:
+            peer = state["peer"]
+            if peer is None:
+                raise KeyError(name)
+            found, value = _lookup_reply(peer.request("get", name))
+            if found and isinstance(value, (Proxy, types.ModuleType)):
+                cache[name] = (found, value)
         if not found:
             raise KeyError(name)
         if name in SAFE_MODULES:
@@ -973,29 +967,73 @@ class TestNamespace(dict):
         return value
 
 
-_NAMESPACE_STATE = {"peer": None, "honor": frozenset()}
+_NAMESPACE_STATE = {"peer": None, "honor": frozenset(), "cache": {}}
 
 
-def referenced_names(sources):
-    names = set()
-    assigned = set()
-    for source in sources:
-        try:
-            tree = ast.parse(source)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name):
-                if isinstance(node.ctx, ast.Load):
-                    names.add(node.id)
-                else:
-                    assigned.add(node.id)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                assigned.add(node.name)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                for alias in node.names:
-                    assigned.add((alias.asname or alias.name).split(".")[0])
-    return names - assigned
+def _lookup_reply(reply):
+    if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not bool:
+        raise ProtocolError("malformed lookup reply")
+    return reply
+
+
+def code_names(code, names):
+    """Every name a compiled test may look up (globals and attribute names: a superset,
+    which is all the lookups below need)."""
+    names.update(code.co_names)
+    for const in code.co_consts:
+        if type(const) is types.CodeType:
+            code_names(const, names)
+    return names
+
+
+def prepare_namespace(peer, names, entry_point):
+    """Looks up, in one round trip, every name the tests may need from the program;
+    keeps the handles (functions, classes, objects) and modules for the whole run and
+    plain data for the first test only (the program may change its globals). Decides
+    which of the program's builtin-named globals the tests see."""
+    wanted = sorted(name for name in names if name not in SAFE_MODULES or name in _BUILTIN_NAMES)
+    try:
+        replies = peer.request("getmany", wanted) if wanted else []
+    except (ProtocolError, PeerGone):
+        raise
+    except Exception:
+        # The program answered with an exception: look names up one by one later.
+        replies = None
+    found = {}
+    if type(replies) is list and len(replies) == len(wanted):
+        for name, reply in zip(wanted, replies):
+            found[name] = _lookup_reply(reply)
+    honor = frozenset()
+    if entry_point:
+        if entry_point in _BUILTIN_NAMES:
+            honor = frozenset([entry_point])
+    else:
+        others = [name for name, (has, _) in found.items() if has and name not in _BUILTIN_NAMES]
+        if not others:
+            honor = frozenset(
+                name for name, (has, _) in found.items() if has and name in _BUILTIN_NAMES
+            )
+    cache = {
+        name: reply
+        for name, reply in found.items()
+        if name not in _BUILTIN_NAMES or name in honor
+    }
+    _NAMESPACE_STATE["peer"] = peer
+    _NAMESPACE_STATE["honor"] = honor
+    _NAMESPACE_STATE["cache"] = cache
+
+
+def forget_data_lookups():
+    """After a test, plain data (and absence) looked up ahead of time may be stale: the
+    program may have changed its globals. Handles and modules stay."""
+    cache = _NAMESPACE_STATE["cache"]
+    stale = [
+        name
+        for name, (has, value) in cache.items()
+        if not (has and isinstance(value, (Proxy, types.ModuleType)))
+    ]
+    for name in stale:
+        del cache[name]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1160,7 +1198,7 @@ def setup_slot(config):
         raise SetupError("root filesystem", err)
     return {
         "namespaces": ["mount", "net", "uts"],
-        "interfaces": [name for _, name in socket.if_nameindex()],
+        "interfaces": [name for _, name in _socket.if_nameindex()],
         "root": "tmpfs with /usr read-only, /dev/{null,zero,full,random,urandom}, /work",
     }
 
@@ -1204,15 +1242,18 @@ def result_line(fd, record):
     fd_write_all(fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
 
 
-def tester_process(config, job, out_w, err_w, res_w):
-    """T: set up U, drop privileges, then run the setup code and the tests, reporting
-    each outcome on the result pipe as soon as it is known."""
+def tester_process(config, out_w, err_w, res_w, job_r):
+    """T: sets up U (namespaces, /work, fork), drops its own privileges, then waits for
+    the job. Everything before the job is the same for every execution, so the zygote
+    forks T ahead of time and this runs while the previous execution finishes."""
     sandbox = config["sandbox"]
+    limits = config["limits"]
     devnull = os.open("/dev/null", os.O_RDONLY)
-    t_sock, u_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    arrange_fds([devnull, out_w, err_w, res_w, t_sock.detach(), u_sock.detach()])
-    t_sock = socket.socket(fileno=4)
+    t_sock, u_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    arrange_fds([devnull, out_w, err_w, res_w, t_sock.detach(), u_sock.detach(), job_r])
+    t_sock = _socket.socket(fileno=4)
     res_fd = 3
+    job_fd = 6
     if sandbox:
         unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, "unshare(pid, mount, ipc)")
         mount(
@@ -1221,116 +1262,138 @@ def tester_process(config, job, out_w, err_w, res_w):
             "tmpfs",
             MS_NOSUID | MS_NODEV,
             "size=%d,mode=0700,uid=%d,gid=%d"
-            % (job["limits"]["workdir_bytes"], config["u_uid"], config["u_uid"]),
+            % (limits["workdir_bytes"], config["u_uid"], config["u_uid"]),
             "tmpfs /work",
         )
         work_dir = "/work"
     else:
+        import tempfile
+
         work_dir = tempfile.mkdtemp(prefix="tgrpo-exec-")
         result_line(res_fd, {"w": work_dir})
     u_pid = os.fork()
     if u_pid == 0:
         try:
-            program_process(config, job, work_dir)
+            program_process(config, work_dir)
         finally:
             os._exit(71)
     result_line(res_fd, {"u": u_pid})
     os.close(5)
-    limits = job["limits"]
     set_limits(dict(limits, memory_bytes=limits["tester_memory_bytes"]), 1)
     if sandbox:
         drop_privileges(config["t_uid"])
     # Dies with the zygote (set after the uid switch, which clears it).
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, SIGKILL)
     if os.getppid() != config["zygote_pid"]:
         os._exit(0)
     install_seccomp(required=sandbox)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    run_tests(job, t_sock, res_fd)
+    # T is short-lived and creates few cycles: collecting would only copy pages.
+    gc.disable()
+    raw = fd_read_frame(job_fd)
+    if raw is None:
+        os._exit(0)
+    os.close(job_fd)
+    run_tests(json.loads(raw), t_sock, res_fd)
     _flush_stdio()
     os._exit(0)
+
+
+def syntax_error_of(code):
+    """T's own compile of the program: the authority on syntax errors (U's claim is
+    only a hint to check, since the program can send any frame)."""
+    try:
+        compile(code, "<program>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        return describe(exc)
+    return None
 
 
 def run_tests(job, t_sock, res_fd):
     tests = job["tests"]
     fmt = job["format"]
+    peer = Peer(t_sock, trusted=True, max_frame=job["max_message_bytes"])
+    # U waits, set up and sandboxed, for its program: send it first so that it runs
+    # while the tests compile here.
     try:
-        compile(job["code"], "<program>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        result_line(res_fd, {"syntax": describe(exc)})
-        result_line(res_fd, {"done": 1})
-        return
-    peer = Peer(t_sock, trusted=True, max_frame=job["limits"]["max_message_bytes"])
+        peer.send(["job", job["code"], job["cpu_seconds"]])
+    except PeerGone:
+        pass
+    entry_point = job.get("entry_point") or ""
+    # Compile everything up front (while U runs the program): a test that does not
+    # compile is an error of that test alone.
+    compiled = []
+    names = set()
+    for index, source in enumerate(tests):
+        if fmt == "humaneval":
+            source = source + "\n\ncheck(" + entry_point + ")\n"
+        try:
+            code = compile(source, "<test %d>" % index, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+            compiled.append((index, None, describe(exc)))
+            continue
+        code_names(code, names)
+        compiled.append((index, code, None))
+    setup = None
+    if job["setup_code"].strip():
+        try:
+            setup = compile(job["setup_code"], "<setup>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as exc:
+            result_line(res_fd, {"program": "setup code does not compile: " + describe(exc)})
+            result_line(res_fd, {"done": 1})
+            return
+        code_names(setup, names)
+    if entry_point:
+        names.add(entry_point)
+
     try:
         status = peer.recv()
     except (PeerGone, ProtocolError) as exc:
-        result_line(res_fd, {"program": "program ended before its tests: " + describe(exc)})
+        syntax_error = syntax_error_of(job["code"])
+        if syntax_error is not None:
+            result_line(res_fd, {"syntax": syntax_error})
+        else:
+            result_line(res_fd, {"program": "program ended before its tests: " + describe(exc)})
         result_line(res_fd, {"done": 1})
         return
     if status[0] != "ready":
-        if (
+        # A program that does not compile never ran, so U's harness reports it
+        # honestly; but any program may also *claim* it, so T decides by compiling.
+        syntax_error = syntax_error_of(job["code"])
+        if syntax_error is not None:
+            result_line(res_fd, {"syntax": syntax_error})
+        elif (
             status[0] == "raised"
             and len(status) == 3
             and type(status[1]) is str
             and type(status[2]) is str
         ):
             detail = status[1][:100] + (": " + status[2][:500] if status[2] else "")
+            result_line(res_fd, {"program": "program raised " + detail})
         else:
-            detail = "malformed status"
-        result_line(res_fd, {"program": "program raised " + detail})
+            result_line(res_fd, {"program": "program sent a malformed status"})
         result_line(res_fd, {"done": 1})
         return
 
-    sources = [job["setup_code"]] + list(tests)
-    entry_point = job.get("entry_point") or ""
-    if fmt == "humaneval":
-        sources.append(entry_point)
-    referenced = referenced_names(sources)
-    builtin_refs = sorted(name for name in referenced if name in _BUILTIN_NAMES)
-    honor = frozenset()
-    if entry_point:
-        if entry_point in _BUILTIN_NAMES:
-            honor = frozenset([entry_point])
-    elif builtin_refs:
-        others = sorted(
-            name for name in referenced if name not in _BUILTIN_NAMES and name not in SAFE_MODULES
-        )
-        try:
-            present = peer.request("has", builtin_refs + others)
-        except Exception:
-            present = None
-        if type(present) is list and len(present) == len(builtin_refs) + len(others):
-            if not any(present[len(builtin_refs):]):
-                honor = frozenset(
-                    name for name, has in zip(builtin_refs, present) if has is True
-                )
-    _NAMESPACE_STATE["peer"] = peer
-    _NAMESPACE_STATE["honor"] = honor
     namespace = TestNamespace()
     namespace["__builtins__"] = builtins
     namespace["__name__"] = "__main__"
+    try:
+        prepare_namespace(peer, names, entry_point)
+        if setup is not None:
+            exec(setup, namespace)
+    except BaseException as exc:
+        result_line(res_fd, {"program": "setup code raised " + describe(exc)})
+        result_line(res_fd, {"done": 1})
+        return
 
-    if job["setup_code"].strip():
-        try:
-            exec(compile(job["setup_code"], "<setup>", "exec", dont_inherit=True), namespace)
-        except BaseException as exc:
-            result_line(res_fd, {"program": "setup code raised " + describe(exc)})
-            result_line(res_fd, {"done": 1})
-            return
-
-    if fmt == "humaneval":
-        statements = []
-        for index, test in enumerate(tests):
-            statements.append((index, test + "\n\ncheck(" + entry_point + ")\n"))
-    else:
-        statements = list(enumerate(tests))
-    for index, source in statements:
+    for index, code, compile_error in compiled:
         if peer.dead:
             result_line(res_fd, {"t": index, "o": "n", "m": "program exited before this test"})
             continue
+        if code is None:
+            result_line(res_fd, {"t": index, "o": "e", "m": compile_error})
+            continue
         try:
-            code = compile(source, "<test %d>" % index, "exec", dont_inherit=True)
             exec(code, namespace)
             outcome = {"t": index, "o": "p"}
         except AssertionError as exc:
@@ -1344,35 +1407,45 @@ def run_tests(job, t_sock, res_fd):
         except BaseException as exc:
             outcome = {"t": index, "o": "e", "m": describe(exc)}
         result_line(res_fd, outcome)
+        forget_data_lookups()
     result_line(res_fd, {"done": 1})
 
 
-def program_process(config, job, work_dir):
-    """U: runs the program, then serves T's calls until the channel closes."""
+def program_process(config, work_dir):
+    """U: sandboxes itself, waits for the program, runs it, then serves T's calls until
+    the channel closes. Nothing untrusted runs before the sandbox is complete."""
     sandbox = config["sandbox"]
+    limits = config["limits"]
     os.dup2(5, 3)
     os.closerange(4, 1 << 20)
     os.setsid()
     os.chdir(work_dir)
-    set_limits(job["limits"], job["limits"]["processes"])
+    set_limits(limits, limits["processes"])
     if sandbox:
         drop_privileges(config["u_uid"])
     # Dies with T (which dies with the zygote); as pid 1 of its namespace, taking every
     # descendant with it.
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, SIGKILL)
     install_seccomp(required=sandbox)
     os.environ.clear()
     sys.argv = [""]
-    sys.stdin = open(0, "r", closefd=False)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    gc.enable()
-    sock = socket.socket(fileno=3)
+    sock = _socket.socket(fileno=3)
     peer = Peer(sock, trusted=False, max_frame=1 << 62)
+    try:
+        message = peer.recv()
+    except (PeerGone, ProtocolError):
+        os._exit(0)
+    if message[0] != "job" or len(message) != 3:
+        os._exit(0)
+    code, cpu_seconds = message[1], message[2]
+    # The CPU limit depends on the job's time limit; lowering a limit needs no privilege.
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    cpu_seconds = min(cpu_seconds, hard) if hard >= 0 else cpu_seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     peer.namespace = namespace
     try:
-        exec(compile(job["code"], "<program>", "exec", dont_inherit=True), namespace)
+        exec(compile(code, "<program>", "exec", dont_inherit=True), namespace)
         status = ["ready"]
     except BaseException as exc:
         status = ["raised", type(exc).__name__, first_line(exc)]
@@ -1413,34 +1486,60 @@ def _reap(pid):
 
 def _kill(pid):
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def run_job(config, job):
-    started = time.monotonic()
-    deadline = started + job["timeout_s"]
+class Pending:
+    """An execution forked ahead of its job: T (and through it U) set up and waiting."""
+
+    __slots__ = ("t_pid", "out_r", "err_r", "res_r", "job_w")
+
+    def __init__(self, t_pid, out_r, err_r, res_r, job_w):
+        self.t_pid = t_pid
+        self.out_r = out_r
+        self.err_r = err_r
+        self.res_r = res_r
+        self.job_w = job_w
+
+
+def prefork(config):
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
+    job_r, job_w = os.pipe()
     t_pid = os.fork()
     if t_pid == 0:
         try:
-            os.close(out_r)
-            os.close(err_r)
-            os.close(res_r)
-            tester_process(config, job, out_w, err_w, res_w)
+            for fd in (out_r, err_r, res_r, job_w):
+                os.close(fd)
+            tester_process(config, out_w, err_w, res_w, job_r)
         except BaseException as exc:
             try:
                 os.write(2, ("tester setup failed: " + describe(exc) + "\n").encode())
             finally:
                 os._exit(70)
         os._exit(70)
-    os.close(out_w)
-    os.close(err_w)
-    os.close(res_w)
-    cap = job["limits"]["output_bytes"]
+    for fd in (out_w, err_w, res_w, job_r):
+        os.close(fd)
+    return Pending(t_pid, out_r, err_r, res_r, job_w)
+
+
+def run_job(config, pending, raw_job, timeout_s):
+    """Hands the job to a pre-forked execution and collects its outcome; returns when
+    every process of the execution is gone."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    t_pid = pending.t_pid
+    out_r, err_r, res_r = pending.out_r, pending.err_r, pending.res_r
+    try:
+        fd_write_frame(pending.job_w, raw_job)
+    except OSError:
+        # T died before its job (it is reaped below and reported as not finished).
+        pass
+    os.close(pending.job_w)
+    cap = config["limits"]["output_bytes"]
     out, err = Capture(cap), Capture(cap)
     results = bytearray()
     for fd in (out_r, err_r, res_r):
@@ -1502,7 +1601,7 @@ def run_job(config, job):
             _kill(u_pid)
         else:
             try:
-                os.killpg(u_pid, signal.SIGKILL)
+                os.killpg(u_pid, SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             _kill(u_pid)
@@ -1511,17 +1610,25 @@ def run_job(config, job):
     u_status = _reap(u_pid) if u_pid is not None else None
     if u_pid is None and config["sandbox"]:
         sweep_uid(config["u_uid"])
-    # Drain whatever is left: every writer is dead, so this ends at EOF.
-    for fd in (out_r, err_r):
-        os.set_blocking(fd, True)
-        if fd in open_fds:
-            while True:
+    # Drain what is left. In a sandbox every writer is dead now, so this ends at EOF
+    # at once; without one, an escaped descendant may hold the pipe: stop after 1 s.
+    drain_deadline = time.monotonic() + 1.0
+    while (out_r in open_fds or err_r in open_fds) and time.monotonic() < drain_deadline:
+        for fd, _ in poller.poll(100):
+            if fd == res_r:
+                poller.unregister(fd)
+                continue
+            try:
                 data = os.read(fd, 65536)
-                if not data:
-                    break
+            except BlockingIOError:
+                continue
+            if not data:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+            else:
                 streams[fd].feed(data)
+    for fd in (out_r, err_r, res_r):
         os.close(fd)
-    os.close(res_r)
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -1530,6 +1637,8 @@ def run_job(config, job):
         if pid == 0:
             break
     if work_dir is not None:
+        import shutil
+
         shutil.rmtree(work_dir, ignore_errors=True)
     outcome = {
         "records": [r for r in records if "u" not in r and "w" not in r],
@@ -1550,7 +1659,7 @@ def sweep_uid(uid):
     if pid == 0:
         try:
             os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)
+            os.kill(-1, SIGKILL)
         finally:
             os._exit(0)
     _reap(pid)
@@ -1598,15 +1707,18 @@ def main():
     gc.collect()
     gc.freeze()
     fd_write_frame(ctl_out, json.dumps({"ok": True, "isolation": isolation}).encode())
+    pending = prefork(config)
     while True:
         raw = fd_read_frame(ctl_in)
         if raw is None:
             return
-        job = json.loads(raw)
-        outcome, stdout, stderr = run_job(config, job)
+        timeout_s = json.loads(raw)["timeout_s"]
+        outcome, stdout, stderr = run_job(config, pending, raw, timeout_s)
         fd_write_frame(ctl_out, json.dumps(outcome).encode())
         fd_write_frame(ctl_out, stdout)
         fd_write_frame(ctl_out, stderr)
+        # The next execution sets itself up while the worker reads this result.
+        pending = prefork(config)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  naive: {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s (fresh python3 per program, no sandbox)",
+            "  naive: {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s (fresh `python3 -I` per program, no sandbox)",
             self.naive.programs,
             self.naive.passed,
             self.naive.elapsed.as_secs_f64(),
@@ -194,7 +194,7 @@ pub async fn run_naive(
 
 async fn run_script(python: &Path, script: &str, timeout: Duration) -> Result<bool, ExecutorError> {
     let mut child = tokio::process::Command::new(python)
-        .args(["-I", "-S", "-"])
+        .args(["-I", "-"])
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

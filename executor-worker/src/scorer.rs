@@ -102,6 +102,15 @@ impl Scorer {
         }
     }
 
+    /// Stops a local pool (running executions finish first; every sandbox process is
+    /// gone once they have). Remote scorers just drop their connections with the last
+    /// clone.
+    pub async fn close(&self) {
+        if let Backend::Local(local) = &self.backend {
+            local.pool().close().await;
+        }
+    }
+
     /// True when scoring happens in this process.
     pub fn is_local(&self) -> bool {
         matches!(self.backend, Backend::Local(_))

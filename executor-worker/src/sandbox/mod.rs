@@ -302,6 +302,18 @@ impl SandboxPool {
             sys_pivot_root: libc::SYS_pivot_root,
             u_uid: config.uid_base,
             t_uid: config.uid_base + 1,
+            limits: WireLimits {
+                memory_bytes: config.limits.memory_bytes,
+                tester_memory_bytes: config.limits.tester_memory_bytes,
+                cpu_seconds: config
+                    .limits
+                    .cpu_seconds_for(Duration::from_secs_f64(config.max_timeout_s.max(30.0))),
+                file_size_bytes: config.limits.file_size_bytes,
+                open_files: config.limits.open_files,
+                processes: config.limits.processes,
+                output_bytes: config.limits.output_bytes,
+                workdir_bytes: config.limits.workdir_bytes,
+            },
         };
         let starts = (0..slots).map(|index| {
             let slot_config = slot_config(&zygote_config, config.uid_base, index);
@@ -396,14 +408,14 @@ fn slot_config(base: &ZygoteConfig, uid_base: u32, index: usize) -> ZygoteConfig
 }
 
 impl PoolInner {
-    async fn take_slot(&self) -> Slot {
+    fn take_slot(&self) -> Slot {
         lock(&self.idle)
             .pop()
             .expect("a permit guarantees an idle slot")
     }
 
     async fn run(&self, job: &Job) -> Result<ExecutionOutcome, ExecutorError> {
-        let mut slot = self.take_slot().await;
+        let mut slot = self.take_slot();
         let result = self.run_on(&mut slot, job).await;
         lock(&self.idle).push(slot);
         result
@@ -452,17 +464,8 @@ fn wire_job<'a>(job: &'a Job, limits: &SandboxLimits) -> WireJob<'a> {
         format: job.format.wire(),
         entry_point: &job.entry_point,
         timeout_s: job.timeout.as_secs_f64(),
-        limits: WireLimits {
-            memory_bytes: limits.memory_bytes,
-            tester_memory_bytes: limits.tester_memory_bytes,
-            cpu_seconds: limits.cpu_seconds_for(job.timeout),
-            file_size_bytes: limits.file_size_bytes,
-            open_files: limits.open_files,
-            processes: limits.processes,
-            output_bytes: limits.output_bytes,
-            max_message_bytes: limits.max_message_bytes,
-            workdir_bytes: limits.workdir_bytes,
-        },
+        cpu_seconds: limits.cpu_seconds_for(job.timeout),
+        max_message_bytes: limits.max_message_bytes,
     }
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct ZygoteConfig {
     pub sys_pivot_root: i64,
     pub u_uid: u32,
     pub t_uid: u32,
+    /// The same for every execution: T and U apply them before their job arrives.
+    pub limits: WireLimits,
 }
 
 /// The zygote's answer to its config.
@@ -57,20 +59,22 @@ pub(crate) struct WireJob<'a> {
     pub format: &'static str,
     pub entry_point: &'a str,
     pub timeout_s: f64,
-    pub limits: WireLimits,
+    /// RLIMIT_CPU of this job's program (lowered from the pool-wide maximum).
+    pub cpu_seconds: u64,
+    pub max_message_bytes: u64,
 }
 
-/// Limits in the zygote's wire format.
-#[derive(Debug, Serialize)]
+/// Pool-wide limits in the zygote's wire format.
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct WireLimits {
     pub memory_bytes: u64,
     pub tester_memory_bytes: u64,
+    /// The largest RLIMIT_CPU any job may get; each job lowers it to its own.
     pub cpu_seconds: u64,
     pub file_size_bytes: u64,
     pub open_files: u64,
     pub processes: u64,
     pub output_bytes: usize,
-    pub max_message_bytes: u64,
     pub workdir_bytes: u64,
 }
 
