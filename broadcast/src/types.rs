@@ -137,8 +137,8 @@ pub struct Rejection {
     pub actual_size: u64,
     /// The digest the announcement promised.
     pub expected_sha256: Sha256Digest,
-    /// The digest of what was actually fetched (`None` when the object store itself
-    /// detected the damage before the whole object was read).
+    /// The digest of what was actually fetched (`None` when the object was refused
+    /// before it was read whole: too large, more bytes than listed, a link).
     pub actual_sha256: Option<Sha256Digest>,
     /// A short human-readable reason.
     pub reason: String,
