@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut TeacherConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut TeacherConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("api_url", Box::new(|c| c.api_url = "not a url".into())),
             ("api_url", Box::new(|c| c.api_url = "ftp://host/x".into())),
             ("model_name", Box::new(|c| c.model_name = " ".into())),
