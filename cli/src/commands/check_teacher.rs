@@ -43,7 +43,7 @@ pub async fn run(args: CheckTeacherArgs) -> anyhow::Result<()> {
         config.model_name
     );
     match teacher.list_models().await {
-        Ok(models) if models.iter().any(|model| *model == config.model_name) => {
+        Ok(models) if models.contains(&config.model_name) => {
             println!("models: ok, serves {}", models.join(", "));
         }
         Ok(models) => println!(
