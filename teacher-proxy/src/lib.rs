@@ -11,6 +11,8 @@
 //! - [`wire`]: the OpenAI chat-completions request and response types, and the cache key.
 //! - [`backoff`]: exponential backoff with jitter, Retry-After parsing.
 //! - [`client`]: the [`Teacher`] trait and [`HttpTeacher`], the HTTP client.
+//! - [`local`]: [`LocalTeacher`], a policy-crate model behind the same interface (offline
+//!   synthesis), and [`AnyTeacher`] to pick one at run time.
 //! - [`parse`]: splitting `<think>` / `reasoning_content` from the answer.
 //! - [`cache`]: the on-disk response cache (atomic writes).
 //! - [`verify`]: the [`Verifier`] trait: scoring a trace's code against its tests.
@@ -27,6 +29,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod local;
 pub mod parse;
 pub mod server;
 pub mod source;
@@ -39,6 +42,7 @@ pub use cache::ResponseCache;
 pub use client::{HttpTeacher, Teacher, TeacherReply};
 pub use config::TeacherConfig;
 pub use error::{Result, TeacherError};
+pub use local::{AnyTeacher, LocalTeacher};
 pub use source::{MeterSnapshot, TraceOutcome, TraceSource};
 pub use synthesis::{SampleFailure, SynthesisSummary, synthesize};
 pub use traces::{TraceRecord, TraceWriter, load_traces};
