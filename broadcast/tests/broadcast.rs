@@ -458,6 +458,56 @@ async fn nats_pruning_keeps_the_last_k_versions() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_objects_are_readable_by_object_store_clients() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let harness = nats_harness(|_| {}).await?;
+    let broadcast = nats_broadcast(harness.broadcast("run-compat").await?);
+    let publisher = broadcast.publisher().await?;
+    let jetstream = async_nats::jetstream::new(broadcast.client().clone());
+    let store = jetstream
+        .get_object_store(&broadcast.names().bucket)
+        .await?;
+    let read = |name: String| {
+        let store = store.clone();
+        async move {
+            let mut object = store.get(name).await?;
+            let mut bytes = Vec::new();
+            // The stock reader checks the digest in the object info at the last chunk.
+            object.read_to_end(&mut bytes).await?;
+            anyhow::Ok((object.info().clone(), bytes))
+        }
+    };
+
+    let adapter = random_adapter(2 * 1024 * 1024 + 5, 7);
+    publisher.publish(1, adapter.clone()).await?;
+    let (info, bytes) = read(NatsNames::object_name(1)).await?;
+    assert!(bytes == adapter, "stock reader got different bytes");
+    assert_eq!((info.size, info.chunks), (adapter.len(), 9));
+
+    // Publishing the same version again replaces the object and purges its old chunks.
+    let stream_messages = |jetstream: async_nats::jetstream::Context, name: String| async move {
+        anyhow::Ok(
+            jetstream
+                .get_stream(name)
+                .await?
+                .info()
+                .await?
+                .state
+                .messages,
+        )
+    };
+    let stream_name = format!("OBJ_{}", broadcast.names().bucket);
+    let before = stream_messages(jetstream.clone(), stream_name.clone()).await?;
+    let replacement = random_adapter(2 * 1024 * 1024 + 5, 8);
+    publisher.publish(1, replacement.clone()).await?;
+    let (_, bytes) = read(NatsNames::object_name(1)).await?;
+    assert!(bytes == replacement, "stock reader got the replaced bytes");
+    let after = stream_messages(jetstream.clone(), stream_name).await?;
+    assert_eq!(after, before, "old chunks were not purged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_overwritten_object_is_rejected_and_the_old_one_kept() -> Result<()> {
     let harness = nats_harness(|_| {}).await?;
     let broadcast = nats_broadcast(harness.broadcast("run-tamper").await?);
