@@ -518,6 +518,20 @@ class Peer:
             raise ProtocolError("malformed message")
         return message
 
+    def closed(self):
+        """Whether the other side is known to be gone (EOF waiting on the socket)."""
+        if self.dead:
+            return True
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if readable:
+            try:
+                data = self.sock.recv(1, _socket.MSG_PEEK)
+            except OSError:
+                data = b""
+            if not data:
+                self.dead = True
+        return self.dead
+
     # -- encoding ---------------------------------------------------------------------
 
     def export(self, value):
@@ -819,6 +833,10 @@ class Peer:
                 if len(message) != 3 or type(message[1]) is not str or type(message[2]) is not str:
                     self.dead = True
                     raise ProtocolError("malformed exception")
+                if self.trusted and message[1] == "SystemExit":
+                    # The program exits after this reply; whatever it claims, it gets
+                    # no further calls.
+                    self.dead = True
                 raise remote_exception(message[1][:100], message[2][:500])
             if head == "q":
                 self.serve_one(message)
@@ -839,6 +857,15 @@ class Peer:
             if self.dead:
                 raise PeerGone("program exited") from None
             reply = ["e", type(exc).__name__, first_line(exc)]
+            if not self.trusted and isinstance(exc, SystemExit):
+                # sys.exit() inside a call ends the program, as it would in one process:
+                # the tests after this one do not run.
+                _flush_stdio()
+                self.send(reply)
+                os._exit(0)
+        if not self.trusted:
+            # Output first: the execution may be torn down as soon as T has its answer.
+            _flush_stdio()
         self.send(reply)
 
     def perform(self, op, args):
@@ -866,7 +893,6 @@ class Peer:
                 self.serve_one(message)
             except (PeerGone, ProtocolError):
                 return
-            _flush_stdio()
 
 
 def _perform_untrusted(peer, op, args):
@@ -1387,7 +1413,7 @@ def run_tests(job, t_sock, res_fd):
         return
 
     for index, code, compile_error in compiled:
-        if peer.dead:
+        if peer.closed():
             result_line(res_fd, {"t": index, "o": "n", "m": "program exited before this test"})
             continue
         if code is None:
