@@ -4,23 +4,27 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tgrpo_executor::ExecutorConfig;
 
-/// A config for `slots` slots whose uids no other test process uses: uid ranges are
-/// picked from the process id, and every test process uses its own.
+/// A config for `slots` (at most 16) slots whose uids no other pool uses: uid ranges
+/// are picked from the process id and a per-process counter, since tests run both as
+/// parallel processes (nextest) and as parallel threads of one process (cargo test).
 pub fn config(slots: usize) -> ExecutorConfig {
-    let pid = std::process::id();
+    assert!(slots <= 16, "test pools have at most 16 slots");
     ExecutorConfig {
         slots,
-        uid_base: uid_base_for(pid),
+        uid_base: fresh_uid_base(),
         ..ExecutorConfig::default()
     }
 }
 
-/// 64 uids per test process, in a range far from real users.
-pub fn uid_base_for(pid: u32) -> u32 {
-    3_000_000 + (pid % 100_000) * 64
+/// 32 uids per pool, 32 pools per process, in a range far from real users.
+pub fn fresh_uid_base() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let pool = NEXT.fetch_add(1, Ordering::Relaxed) % 32;
+    1_000_000 + (std::process::id() % 50_000) * 1024 + pool * 32
 }
 
 /// The shared MBPP directory; panics with a clear message when it is missing (these
