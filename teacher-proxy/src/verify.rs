@@ -119,3 +119,50 @@ pub fn score_request(problem: &Problem, code: &str) -> ScoreRequest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tgrpo_proto::executor::TestFormat as WireFormat;
+
+    use super::*;
+
+    fn problem(format: TestFormat) -> Problem {
+        Problem {
+            task_id: "t".into(),
+            text: "x".into(),
+            reference: None,
+            tests: vec!["def check(candidate):\n    assert candidate(1) == 2\n".into()],
+            setup_code: "import math".into(),
+            format,
+            entry_point: Some("inc".into()),
+            prompt: Some("def inc(x):\n".into()),
+        }
+    }
+
+    #[test]
+    fn requests_follow_the_problem_format() {
+        let mbpp = score_request(&problem(TestFormat::Mbpp), "def inc(x): return x + 1");
+        assert_eq!(mbpp.format(), WireFormat::Mbpp);
+        assert_eq!(
+            (mbpp.id.as_str(), mbpp.setup_code.as_str()),
+            ("t", "import math")
+        );
+        assert_eq!(mbpp.code, "def inc(x): return x + 1");
+
+        // A HumanEval body is completed with the prompt; a whole function is sent as is.
+        let body = score_request(&problem(TestFormat::HumanEval), "    return x + 1\n");
+        assert_eq!(body.format(), WireFormat::Humaneval);
+        assert_eq!(body.code, "def inc(x):\n    return x + 1\n");
+        assert_eq!(body.entry_point, "inc");
+        assert_eq!(body.tests.len(), 1);
+        let whole = score_request(
+            &problem(TestFormat::HumanEval),
+            "def inc(x):\n    return x + 1\n",
+        );
+        assert_eq!(whole.code, "def inc(x):\n    return x + 1\n");
+
+        let generic = score_request(&problem(TestFormat::Generic), "def inc(x): return x + 1");
+        assert_eq!(generic.format(), WireFormat::Generic);
+        assert_eq!(generic.setup_code, "import math");
+    }
+}

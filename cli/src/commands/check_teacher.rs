@@ -33,6 +33,10 @@ fn probe_problem() -> Problem {
 
 /// Runs the check and prints its report.
 pub async fn run(args: CheckTeacherArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.teacher.local_model.is_none(),
+        "`tgrpo check teacher` checks the HTTP teacher; --teacher-local-model has nothing to connect to"
+    );
     let mut config = args.teacher.to_config()?;
     // A check must talk to the teacher, not to yesterday's cache.
     config.cache_dir = None;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tgrpo_dataset::Problem;
 use tgrpo_executor::{ClientConfig, Scorer};
-use tgrpo_teacher::{HttpTeacher, TraceSource, Unverified, synthesize};
+use tgrpo_teacher::{TraceSource, Unverified, synthesize};
 
 use super::sandbox_args::SandboxArgs;
 use super::teacher_args::TeacherArgs;
@@ -105,7 +105,7 @@ pub async fn run(args: SynthesisArgs) -> anyhow::Result<()> {
     if args.limit > 0 {
         problems.truncate(args.limit);
     }
-    let teacher = HttpTeacher::new(&config, TeacherArgs::api_key())?;
+    let teacher = args.teacher.teacher(&config)?;
     let cancel = crate::shutdown::on_signal();
     let progress = !args.no_progress;
     let summary = if args.no_verify {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tgrpo_teacher::TeacherConfig;
+use tgrpo_teacher::{AnyTeacher, HttpTeacher, LocalTeacher, TeacherConfig};
 
 /// Teacher client settings.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +48,11 @@ pub struct TeacherArgs {
     /// Turn the response cache off (every run pays for every answer).
     #[arg(long = "no-teacher-cache", env = "TGRPO_TEACHER_NO_CACHE")]
     pub no_cache: bool,
+
+    /// Use a local model instead of the HTTP teacher (an HF directory, a `.gguf` file, or
+    /// `org/name[@revision]` from the hub cache): synthesis without a network.
+    #[arg(long = "teacher-local-model", env = "TGRPO_TEACHER_LOCAL_MODEL")]
+    pub local_model: Option<String>,
 
     /// Ask without `chat_template_kwargs.enable_thinking`.
     #[arg(long = "no-thinking", env = "TGRPO_TEACHER_NO_THINKING")]
@@ -90,6 +95,17 @@ impl TeacherArgs {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The teacher these flags pick: the local model when one is given, else the HTTP
+    /// client for `config.api_url`.
+    pub fn teacher(&self, config: &TeacherConfig) -> anyhow::Result<AnyTeacher> {
+        Ok(match &self.local_model {
+            Some(spec) => {
+                AnyTeacher::Local(LocalTeacher::load(spec, config.model_name.clone(), 1)?)
+            }
+            None => AnyTeacher::Http(HttpTeacher::new(config, Self::api_key())?),
+        })
     }
 
     /// The API key from the environment, if any.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use tgrpo_executor::{ClientConfig, Scorer};
-use tgrpo_teacher::{HttpTeacher, TraceSource};
+use tgrpo_teacher::TraceSource;
 
 use super::sandbox_args::SandboxArgs;
 use super::teacher_args::TeacherArgs;
@@ -37,7 +37,7 @@ pub struct TeacherProxyArgs {
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(args: TeacherProxyArgs) -> anyhow::Result<()> {
     let config = args.teacher.to_config()?;
-    let teacher = HttpTeacher::new(&config, TeacherArgs::api_key())?;
+    let teacher = args.teacher.teacher(&config)?;
     let scorer = if args.executor_endpoints.is_empty() {
         Scorer::local(args.sandbox.to_config()).await?
     } else {
