@@ -560,6 +560,57 @@ async fn nats_overwritten_object_is_rejected_and_the_old_one_kept() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_failed_fetch_is_retried_and_newer_versions_still_load() -> Result<()> {
+    // A long resync interval: the retries must come from the fetch backoff.
+    let harness = nats_harness(|config| config.resync_interval_s = 600.0).await?;
+    let broadcast = nats_broadcast(harness.broadcast("run-missing").await?);
+    let publisher = broadcast.publisher().await?;
+    let mut subscriber = harness.subscriber("run-missing").await?;
+    publisher.publish(1, random_adapter(500_000, 1)).await?;
+    bounded("version 1", subscriber.wait_for_version(1)).await??;
+
+    // Version 2 is announced, but its object is not there (say, pruned already).
+    let missing = tgrpo_broadcast::Announcement {
+        run_id: "run-missing".into(),
+        version: 2,
+        size: 10,
+        sha256: Sha256Digest::of(b"0123456789"),
+        object: NatsNames::object_name(2),
+        published_at_ms: 0,
+    };
+    let jetstream = async_nats::jetstream::new(broadcast.client().clone());
+    jetstream
+        .publish(
+            broadcast.names().subject.clone(),
+            serde_json::to_vec(&missing)?.into(),
+        )
+        .await?
+        .await?;
+    let state = wait_state(&subscriber, "retried fetches", |state| {
+        state.fetch_failures >= 2
+    })
+    .await?;
+    assert_eq!(state.version(), Some(1), "the old adapter stays in use");
+    assert_eq!(state.rejected, 0, "a missing object is not a corrupted one");
+
+    // Once the object appears, the retry picks it up...
+    let two = b"0123456789".to_vec();
+    let store = jetstream
+        .get_object_store(&broadcast.names().bucket)
+        .await?;
+    store
+        .put(NatsNames::object_name(2).as_str(), &mut &two[..])
+        .await?;
+    let generation = bounded("version 2 after retry", subscriber.wait_for_version(2)).await??;
+    assert!(generation.bytes[..] == two[..]);
+
+    // ...and a newer version does not wait behind anything.
+    publisher.publish(3, random_adapter(500_000, 3)).await?;
+    bounded("version 3", subscriber.wait_for_version(3)).await??;
+    harness.finish(&[&subscriber]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_subscriber_catches_up_after_a_server_restart() -> Result<()> {
     // A long resync interval: catching up must come from the reconnect, not the timer.
     let mut harness = nats_harness(|config| {
