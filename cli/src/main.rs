@@ -40,6 +40,8 @@ enum Command {
     Synthesis(commands::synthesis::SynthesisArgs),
     /// Serve on-line teacher traces over gRPC: the one place that meters the teacher.
     TeacherProxy(commands::teacher_proxy::TeacherProxyArgs),
+    /// A rollout worker: sample scored groups for the learner with the newest adapter.
+    Rollout(commands::rollout::RolloutArgs),
 }
 
 fn main() -> anyhow::Result<()> {

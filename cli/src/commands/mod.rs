@@ -7,6 +7,7 @@ pub mod bench_executor;
 pub mod check;
 mod check_teacher;
 pub mod executor;
+pub mod rollout;
 mod sandbox_args;
 pub mod score;
 pub mod synthesis;
@@ -24,5 +25,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(command) => check::run(command).await,
         Command::Synthesis(args) => synthesis::run(args).await,
         Command::TeacherProxy(args) => teacher_proxy::run(args).await,
+        Command::Rollout(args) => rollout::run(args).await,
     }
 }
