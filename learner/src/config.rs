@@ -396,6 +396,9 @@ pub struct ServiceConfig {
     /// Accepted groups waiting for a training step, at most; a `SubmitGroups` beyond it
     /// waits (backpressure) rather than growing memory without bound.
     pub max_buffered_groups: usize,
+    /// After training completes, the service keeps answering `finished` this many seconds
+    /// so that polling workers learn the run is over instead of seeing a closed port.
+    pub finish_linger_s: f64,
 }
 
 impl Default for ServiceConfig {
@@ -404,6 +407,7 @@ impl Default for ServiceConfig {
             lease_timeout_s: 600.0,
             max_prompts_per_lease: 8,
             max_buffered_groups: 256,
+            finish_linger_s: 5.0,
         }
     }
 }
@@ -427,6 +431,15 @@ impl ServiceConfig {
             return Err(LearnerError::config(
                 "learner.max_buffered_groups",
                 "must be at least 1",
+            ));
+        }
+        if !(self.finish_linger_s.is_finite() && self.finish_linger_s >= 0.0) {
+            return Err(LearnerError::config(
+                "learner.finish_linger_s",
+                format!(
+                    "must be a non-negative number, got {}",
+                    self.finish_linger_s
+                ),
             ));
         }
         Ok(())

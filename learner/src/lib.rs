@@ -15,29 +15,40 @@
 //! - [`trainer`]: [`Learner`], one batch → `num_iterations` optimizer steps.
 //! - [`checkpoint`]: atomic checkpoint directories, keep-last-K.
 //! - [`metrics`]: the per-step JSONL metrics.
+//! - [`scheduler`]: the prompt order over epochs, leases, idempotent answers.
+//! - [`coordinator`]: prompts out, groups in (staleness, duplicates), batches to the trainer.
+//! - [`service`]: [`TrainingRun`] (training thread, checkpoints, adapter publication) and
+//!   the gRPC `Learner` service.
+//! - `testing` (feature `testing`): a microsecond-fast toy policy for tests of code that
+//!   drives a learner.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod groups;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod scheduler;
+pub mod service;
 pub mod teacher;
 pub mod trainer;
 
-#[cfg(test)]
-mod toy;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use backend::{ScoreMode, TokenScores, TokenSequence, TrainablePolicy};
 pub use config::{
     DualSourceConfig, GrpoConfig, KlEstimator, LearnerConfig, LossAggregation, LrSchedule,
     ServiceConfig, TrainingConfig,
 };
+pub use coordinator::Coordinator;
 pub use error::{LearnerError, Result};
 pub use groups::{Completion, ScoredGroup, SftExample};
 pub use metrics::StepMetrics;
+pub use service::{AdapterSink, LearnerGrpc, RunSummary, StopReason, TrainingRun};
 pub use trainer::{BatchContext, Learner, schedule_length};

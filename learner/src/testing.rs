@@ -1,7 +1,8 @@
-//! A tiny differentiable policy for the trainer's unit tests: a bigram table (next-token
-//! logits depend on the previous token only) plus a low-rank adapter `A·B` on it, with
-//! seeded dropout on the adapter branch. It exercises every part of
-//! [`TrainablePolicy`] in microseconds; the integration tests use the real decoder.
+//! Test support (feature `testing`): [`ToyPolicy`], a tiny differentiable policy — a
+//! bigram table (next-token logits depend on the previous token only) plus a low-rank
+//! adapter `A·B` on it, with seeded dropout on the adapter branch. It exercises every
+//! part of [`TrainablePolicy`] in microseconds, for tests of the loop and the service
+//! rules; tests about learning itself use the real decoder.
 
 use std::path::Path;
 

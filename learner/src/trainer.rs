@@ -581,7 +581,7 @@ mod tests {
     use super::*;
     use crate::config::{LossAggregation, LrSchedule};
     use crate::groups::Completion;
-    use crate::toy::ToyPolicy;
+    use crate::testing::ToyPolicy;
 
     const VOCAB: usize = 16;
 
