@@ -12,6 +12,7 @@
 //! - [`groups`]: scored groups and SFT examples; dynamic sampling and self-SFT picks.
 //! - [`teacher`]: teacher traces → SFT targets, and their resumable order.
 //! - [`backend`]: the [`TrainablePolicy`] trait, the learner's one view of a model.
+//! - [`policy`]: [`LoraPolicy`], the `tgrpo-policy` decoder with a trainable LoRA adapter.
 //! - [`trainer`]: [`Learner`], one batch → `num_iterations` optimizer steps.
 //! - [`checkpoint`]: atomic checkpoint directories, keep-last-K.
 //! - [`metrics`]: the per-step JSONL metrics.
@@ -33,6 +34,7 @@ pub mod groups;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod policy;
 pub mod scheduler;
 pub mod service;
 pub mod teacher;
@@ -50,5 +52,6 @@ pub use coordinator::Coordinator;
 pub use error::{LearnerError, Result};
 pub use groups::{Completion, ScoredGroup, SftExample};
 pub use metrics::StepMetrics;
+pub use policy::LoraPolicy;
 pub use service::{AdapterSink, LearnerGrpc, RunSummary, StopReason, TrainingRun};
 pub use trainer::{BatchContext, Learner, schedule_length};

@@ -43,6 +43,21 @@ pub trait AdapterSink: Send + Sync + 'static {
     fn publish(&self, version: u64, bytes: Vec<u8>) -> BoxFuture<'_, Result<()>>;
 }
 
+/// The adapter broadcast's publisher (in-process or NATS) is a sink as is.
+impl AdapterSink for tgrpo_broadcast::AdapterPublisher {
+    fn publish(&self, version: u64, bytes: Vec<u8>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            tgrpo_broadcast::AdapterPublisher::publish(self, version, bytes)
+                .await
+                .map(|_receipt| ())
+                .map_err(|err| LearnerError::Broadcast {
+                    version,
+                    reason: err.to_string(),
+                })
+        })
+    }
+}
+
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

@@ -1,42 +1,101 @@
-//! Teacher traces as SFT examples: the target text (with or without the `<think>` block)
-//! and the seeded, resumable order in which traces are drawn into training batches.
+//! Teacher traces as SFT examples: tokenised once at start-up with the student's own
+//! chat template ([`teacher_examples`]), then drawn into training batches in a seeded,
+//! resumable order ([`TeacherSampler`]).
 //!
-//! Tokenisation stays at the edge: the caller renders each trace's prompt with the
-//! student's chat template and tokenises prompt and target (see `crate::policy`), so this
-//! module only decides *what* the target says and *which* examples a step gets.
+//! The trace file and its records belong to the teacher proxy (`tgrpo_teacher::traces`);
+//! the learner only decides how a record becomes tokens and which records a step gets.
+
+use std::collections::HashMap;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tgrpo_dataset::{Problem, prompt};
+use tgrpo_policy::Policy;
+use tgrpo_policy::chat::Message;
+use tgrpo_teacher::TraceRecord;
 
+use crate::error::{LearnerError, Result};
 use crate::groups::SftExample;
+use crate::policy::policy_error;
 
-/// The parts of a teacher trace the learner uses (the teacher proxy's trace records carry
-/// more: messages, raw text, timings).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TeacherTrace {
-    /// The problem's task id: which prompt the trace answers.
-    pub problem_id: String,
-    /// The teacher's reasoning (`<think>` content), if it gave any.
-    pub thinking: Option<String>,
-    /// The python code of its answer.
-    pub code: String,
-    /// Whether the code passed the problem's tests.
-    pub passed: bool,
+/// Teacher traces turned into SFT examples, and what was left out.
+#[derive(Debug, Clone, Default)]
+pub struct TeacherExamples {
+    /// One example per usable trace, in file order.
+    pub examples: Vec<SftExample>,
+    /// Traces whose problem is not in the given problem set.
+    pub unknown_problem: usize,
+    /// Traces with nothing to imitate (empty target).
+    pub empty_target: usize,
 }
 
-/// The text the student learns to produce for a trace: the reasoning in a `<think>`
-/// block (when `use_thinking` and the trace has one), then the code in one python fence,
-/// the answer format the prompts ask for.
-pub fn teacher_target_text(trace: &TeacherTrace, use_thinking: bool) -> String {
-    let code_block = format!("```python\n{}\n```", trace.code.trim_matches('\n'));
-    match trace.thinking.as_deref().map(str::trim) {
-        Some(thinking) if use_thinking && !thinking.is_empty() => {
-            format!("<think>\n{thinking}\n</think>\n\n{code_block}")
+/// Tokenises teacher traces for SFT, at the edge where the student's tokenizer and chat
+/// template live.
+///
+/// The prompt is what a rollout worker would sample from for the same problem: the
+/// problem's user message rendered with the student's chat template plus the assistant
+/// opener ([`Policy::chat_prompt`]). The target is the trace's
+/// [`TraceRecord::sft_target`] (with the `<think>` block when `use_thinking`), followed by
+/// the template's end of turn, taken from rendering the whole conversation so the student
+/// learns to stop where its template stops. A template that rewrites the assistant text
+/// (some drop `<think>` blocks from history) would defeat `use_thinking`; then the target
+/// is tokenised on its own and the first EOS id appended.
+pub fn teacher_examples(
+    traces: &[TraceRecord],
+    problems: &[Problem],
+    policy: &Policy,
+    use_thinking: bool,
+) -> Result<TeacherExamples> {
+    let by_id: HashMap<&str, &Problem> = problems
+        .iter()
+        .map(|problem| (problem.task_id.as_str(), problem))
+        .collect();
+    let template = policy.chat_template();
+    let tokenizer = policy.tokenizer();
+    let mut out = TeacherExamples::default();
+    for trace in traces {
+        let Some(problem) = by_id.get(trace.problem_id.as_str()) else {
+            out.unknown_problem += 1;
+            continue;
+        };
+        let target = trace.sft_target(use_thinking);
+        if target.trim().is_empty() {
+            out.empty_target += 1;
+            continue;
         }
-        _ => code_block,
+        let user = Message::user(prompt::user_message(problem));
+        let prompt_tokens = policy
+            .chat_prompt(std::slice::from_ref(&user))
+            .map_err(policy_error)?;
+        let prompt_text = template
+            .render(std::slice::from_ref(&user), true)
+            .map_err(|err| LearnerError::Policy(err.to_string()))?;
+        let whole = template
+            .render(&[user, Message::assistant(target.clone())], false)
+            .map_err(|err| LearnerError::Policy(err.to_string()))?;
+        let suffix = whole
+            .strip_prefix(prompt_text.as_str())
+            .filter(|suffix| suffix.contains(target.as_str()));
+        let target_tokens = match suffix {
+            Some(suffix) => tokenizer
+                .encode(suffix.trim_end_matches('\n'), false)
+                .map_err(|err| LearnerError::Policy(err.to_string()))?,
+            None => {
+                let mut tokens = tokenizer
+                    .encode(&target, false)
+                    .map_err(|err| LearnerError::Policy(err.to_string()))?;
+                tokens.extend(policy.eos_token_ids().first().copied());
+                tokens
+            }
+        };
+        out.examples.push(SftExample {
+            prompt_tokens,
+            target_tokens,
+        });
     }
+    Ok(out)
 }
 
 /// Where the teacher-trace order stands: a checkpoint stores it so a resumed run draws
@@ -122,29 +181,6 @@ impl TeacherSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn trace(thinking: Option<&str>) -> TeacherTrace {
-        TeacherTrace {
-            problem_id: "11".into(),
-            thinking: thinking.map(str::to_string),
-            code: "\ndef f(x):\n    return x\n".into(),
-            passed: true,
-        }
-    }
-
-    #[test]
-    fn target_with_and_without_thinking() {
-        let with = teacher_target_text(&trace(Some(" Return the input.\n")), true);
-        assert_eq!(
-            with,
-            "<think>\nReturn the input.\n</think>\n\n```python\ndef f(x):\n    return x\n```"
-        );
-        let without = teacher_target_text(&trace(Some("Return the input.")), false);
-        assert_eq!(without, "```python\ndef f(x):\n    return x\n```");
-        // No reasoning to show: the code alone, even when thinking is wanted.
-        assert_eq!(teacher_target_text(&trace(None), true), without);
-        assert_eq!(teacher_target_text(&trace(Some("  ")), true), without);
-    }
 
     fn examples(count: u32) -> Vec<SftExample> {
         (0..count)
