@@ -20,6 +20,7 @@
 use crate::config::{Family, ModelConfig, rope_inv_freq};
 use crate::dropout::DropoutRng;
 use crate::error::{CandleContext, PolicyError, Result};
+use crate::kernels;
 use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -69,11 +70,13 @@ impl<'a> Pass<'a> {
 }
 
 /// `x @ w.T (+ bias)`, flattening leading dims so the CPU and CUDA backends run one plain
-/// GEMM instead of a broadcast batched matmul.
+/// GEMM instead of a broadcast batched matmul. With `fast` (inference only: no backward),
+/// few f32 rows on the CPU go through the streaming decode kernel instead.
 fn linear_forward(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
+    fast: bool,
 ) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_features = *dims.last().unwrap_or(&0);
@@ -83,10 +86,20 @@ fn linear_forward(
     } else {
         x.contiguous()?.reshape((rows, in_features))?
     };
-    let y = x2.matmul(&weight.t()?)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
+    let fused = if fast && rows <= kernels::MAX_ROWS && x2.device().is_cpu() {
+        kernels::fused_linear(&x2, &[kernels::Segment { weight, bias, lora: None }])?
+    } else {
+        None
+    };
+    let y = match fused {
+        Some(mut out) => out.remove(0),
+        None => {
+            let y = x2.matmul(&weight.t()?)?;
+            match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        }
     };
     let mut out_dims = dims;
     *out_dims.last_mut().unwrap() = y.dim(1)?;
@@ -129,7 +142,8 @@ impl Proj {
         lora: Option<&[Option<LoraPair>; 7]>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
-        let base = linear_forward(xs, &self.weight, self.bias.as_ref())?;
+        let fast = !pass.differentiable;
+        let base = linear_forward(xs, &self.weight, self.bias.as_ref(), fast)?;
         let (Some(slots), Some(adapter)) = (lora, pass.adapter) else {
             return Ok(base);
         };
@@ -152,7 +166,7 @@ impl Proj {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             x = (x * mask)?;
         }
-        let delta = linear_forward(&linear_forward(&x, &pair.a, None)?, &pair.b, None)?;
+        let delta = linear_forward(&linear_forward(&x, &pair.a, None, fast)?, &pair.b, None, fast)?;
         let delta = (delta * adapter.scale())?;
         let delta = if delta.dtype() == base.dtype() {
             delta
@@ -161,6 +175,79 @@ impl Proj {
         };
         base + delta
     }
+}
+
+/// Applies projections that share their input. In inference on the CPU with few rows, all
+/// of them (base, bias and LoRA branch) run as two fused kernel passes — one for the LoRA
+/// `A` matrices, one for everything else; otherwise each projection runs as candle ops.
+fn project(
+    projs: &[&Proj],
+    xs: &Tensor,
+    lora: Option<&[Option<LoraPair>; 7]>,
+    pass: &mut Pass,
+) -> candle_core::Result<Vec<Tensor>> {
+    if let Some(out) = project_fused(projs, xs, lora, pass)? {
+        return Ok(out);
+    }
+    projs.iter().map(|p| p.forward(xs, lora, pass)).collect()
+}
+
+fn project_fused(
+    projs: &[&Proj],
+    xs: &Tensor,
+    lora: Option<&[Option<LoraPair>; 7]>,
+    pass: &Pass,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    let dims = xs.dims().to_vec();
+    let in_features = *dims.last().unwrap_or(&0);
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    if pass.differentiable || rows > kernels::MAX_ROWS || !xs.device().is_cpu() {
+        return Ok(None);
+    }
+    let x2 = xs.contiguous()?.reshape((rows, in_features))?;
+    let pairs: Vec<Option<&LoraPair>> = projs
+        .iter()
+        .map(|p| match (lora, pass.adapter) {
+            (Some(slots), Some(_)) => slots[p.target.index()].as_ref(),
+            _ => None,
+        })
+        .collect();
+    let a_segments: Vec<kernels::Segment> = pairs
+        .iter()
+        .flatten()
+        .map(|pair| kernels::Segment { weight: &pair.a, bias: None, lora: None })
+        .collect();
+    let mut hs = if a_segments.is_empty() {
+        Vec::new()
+    } else {
+        match kernels::fused_linear(&x2, &a_segments)? {
+            Some(hs) => hs,
+            None => return Ok(None),
+        }
+    };
+    let scale = pass.adapter.map(|a| a.scale() as f32).unwrap_or(0.0);
+    hs.reverse();
+    let hs: Vec<Option<Tensor>> = pairs.iter().map(|p| p.and_then(|_| hs.pop())).collect();
+    let segments: Vec<kernels::Segment> = projs
+        .iter()
+        .zip(pairs.iter().zip(&hs))
+        .map(|(p, (pair, h))| kernels::Segment {
+            weight: &p.weight,
+            bias: p.bias.as_ref(),
+            lora: pair.zip(h.as_ref()).map(|(pair, h)| (h, &pair.b, scale)),
+        })
+        .collect();
+    let Some(outs) = kernels::fused_linear(&x2, &segments)? else {
+        return Ok(None);
+    };
+    outs.into_iter()
+        .map(|y| {
+            let mut out_dims = dims.clone();
+            *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
+            y.reshape(out_dims)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// RMSNorm with a fused (inference) and a differentiable (train) path.
@@ -280,9 +367,10 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b_sz, q_len, _) = xs.dims3()?;
         let diff = pass.differentiable;
-        let q = self.q_proj.forward(xs, lora, pass)?;
-        let k = self.k_proj.forward(xs, lora, pass)?;
-        let v = self.v_proj.forward(xs, lora, pass)?;
+        let mut qkv = project(&[&self.q_proj, &self.k_proj, &self.v_proj], xs, lora, pass)?;
+        let v = qkv.pop().expect("three projections");
+        let k = qkv.pop().expect("three projections");
+        let q = qkv.pop().expect("three projections");
         let q = q
             .reshape((b_sz, q_len, self.num_heads, self.head_dim))?
             .transpose(1, 2)?;
@@ -331,7 +419,7 @@ impl Attention {
             .reshape((b_sz, self.num_heads, q_len, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b_sz, q_len, self.num_heads * self.head_dim))?;
-        self.o_proj.forward(&y, lora, pass)
+        Ok(project(&[&self.o_proj], &y, lora, pass)?.remove(0))
     }
 }
 
@@ -359,9 +447,10 @@ impl Mlp {
         lora: Option<&[Option<LoraPair>; 7]>,
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
-        let gate = self.gate_proj.forward(xs, lora, pass)?.silu()?;
-        let up = self.up_proj.forward(xs, lora, pass)?;
-        self.down_proj.forward(&(gate * up)?, lora, pass)
+        let mut gate_up = project(&[&self.gate_proj, &self.up_proj], xs, lora, pass)?;
+        let up = gate_up.pop().expect("two projections");
+        let gate = gate_up.pop().expect("two projections").silu()?;
+        Ok(project(&[&self.down_proj], &(gate * up)?, lora, pass)?.remove(0))
     }
 }
 
@@ -670,10 +759,16 @@ impl Model {
         self.norm.forward(&xs, pass.differentiable)
     }
 
-    /// Logits `(…, vocab)` of final hidden states `(…, hidden)`.
+    /// Logits `(…, vocab)` of final hidden states `(…, hidden)` (differentiable).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         let weight = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        linear_forward(hidden, weight, None).ctx(|| "lm head".to_string())
+        linear_forward(hidden, weight, None, false).ctx(|| "lm head".to_string())
+    }
+
+    /// The LM head for sampling: no backward, the decode kernel for few rows.
+    pub(crate) fn lm_head_inference(&self, hidden: &Tensor) -> Result<Tensor> {
+        let weight = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        linear_forward(hidden, weight, None, true).ctx(|| "lm head".to_string())
     }
 
     /// Logits `(B, L, vocab)` for unpadded token rows `(B, L)` (u32), positions from 0,

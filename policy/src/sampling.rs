@@ -238,6 +238,24 @@ struct Row {
     finished: Option<(FinishReason, String)>,
 }
 
+/// Where a [`Model::generate_with_stats`] call spent its time (for metrics and benchmarks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Distinct prompts prefilled (repeated prompts share one prefill).
+    pub prefills: usize,
+    /// Prompt tokens run through prefill.
+    pub prefill_tokens: usize,
+    /// Seconds spent prefilling.
+    pub prefill_secs: f64,
+    /// Batched decode steps.
+    pub decode_steps: usize,
+    /// Rows summed over decode steps: finished rows leave the batch, so this is the number
+    /// of tokens the decode steps computed (tokens generated minus one per request).
+    pub decode_row_steps: usize,
+    /// Seconds spent in decode steps (forward, sampling, stop checks, cache compaction).
+    pub decode_secs: f64,
+}
+
 impl Model {
     /// Generates continuations for a batch of requests; results come back in request
     /// order. `eos_token_ids` end any row (plus each request's `stop_token_ids`); `decoder`
@@ -249,6 +267,18 @@ impl Model {
         decoder: Option<&dyn TextDecoder>,
         eos_token_ids: &[u32],
     ) -> Result<Vec<Generation>> {
+        Ok(self.generate_with_stats(requests, adapter, decoder, eos_token_ids)?.0)
+    }
+
+    /// [`Model::generate`], also returning where the time went.
+    pub fn generate_with_stats(
+        &self,
+        requests: &[GenerationRequest],
+        adapter: Option<&LoraAdapter>,
+        decoder: Option<&dyn TextDecoder>,
+        eos_token_ids: &[u32],
+    ) -> Result<(Vec<Generation>, GenerationStats)> {
+        let mut stats = GenerationStats::default();
         let cfg = self.config();
         let device = self.device().clone();
         for (index, req) in requests.iter().enumerate() {
@@ -276,11 +306,12 @@ impl Model {
             }
         }
         if requests.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), stats));
         }
         let ctx = || "generate".to_string();
 
         // 1. Prefill each distinct prompt once.
+        let prefill_start = std::time::Instant::now();
         let mut unique: HashMap<&[u32], usize> = HashMap::new();
         let mut prefills: Vec<(KvCache, Vec<f32>)> = Vec::new();
         let mut prefill_of = Vec::with_capacity(requests.len());
@@ -290,6 +321,8 @@ impl Model {
                 None => {
                     let slot = prefills.len();
                     prefills.push(self.prefill(&req.prompt, adapter)?);
+                    stats.prefills += 1;
+                    stats.prefill_tokens += req.prompt.len();
                     unique.insert(&req.prompt, slot);
                     slot
                 }
@@ -297,7 +330,10 @@ impl Model {
             prefill_of.push(slot);
         }
 
+        stats.prefill_secs = prefill_start.elapsed().as_secs_f64();
+
         // 2. Assemble the left-padded batch cache.
+        let decode_start = std::time::Instant::now();
         let max_prompt = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
         let max_new = requests
             .iter()
@@ -370,16 +406,17 @@ impl Model {
                     row.pad -= drop_front;
                 }
             }
+            stats.decode_steps += 1;
+            stats.decode_row_steps += rows.len();
             let logits = self.decode_step(&rows, &mut cache, adapter)?;
             for (row, logits) in rows.iter_mut().zip(logits) {
                 let request = &requests[row.request];
                 push_token(row, &logits, request, decoder, eos_token_ids)?;
             }
         }
-        Ok(done
-            .into_iter()
-            .map(|g| g.expect("every row finished"))
-            .collect())
+        stats.decode_secs = decode_start.elapsed().as_secs_f64();
+        let generations = done.into_iter().map(|g| g.expect("every row finished")).collect();
+        Ok((generations, stats))
     }
 
     /// Runs one prompt alone; returns its cache and the logits after its last token.
@@ -410,7 +447,7 @@ impl Model {
             .and_then(|h| h.narrow(1, len - 1, 1))
             .ctx(ctx)?;
         let logits = self
-            .lm_head(&hidden)?
+            .lm_head_inference(&hidden)?
             .to_dtype(DType::F32)
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
@@ -460,7 +497,7 @@ impl Model {
             )
             .and_then(|h| h.squeeze(1))
             .ctx(ctx)?;
-        self.lm_head(&hidden)?
+        self.lm_head_inference(&hidden)?
             .to_dtype(DType::F32)
             .and_then(|l| l.to_vec2::<f32>())
             .ctx(ctx)
