@@ -50,6 +50,9 @@ pub struct LocalBroadcast {
     run_id: Arc<str>,
     max_adapter_bytes: u64,
     sender: Arc<watch::Sender<Option<Arc<Publication>>>>,
+    /// Serializes publishes, so the channel ends on the version published last even when
+    /// two publishes race through hashing.
+    serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LocalBroadcast {
@@ -62,6 +65,7 @@ impl LocalBroadcast {
             run_id: run_id.into(),
             max_adapter_bytes: config.max_adapter_bytes,
             sender: Arc::new(sender),
+            serial: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -121,6 +125,7 @@ impl LocalPublisher {
                 max: self.broadcast.max_adapter_bytes,
             });
         }
+        let _serial = self.broadcast.serial.lock().await;
         let sha256 = match announced_sha256 {
             Some(digest) => digest,
             None => hash_blocking(version, bytes.clone()).await?,
