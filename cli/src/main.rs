@@ -42,6 +42,9 @@ enum Command {
     TeacherProxy(commands::teacher_proxy::TeacherProxyArgs),
     /// A rollout worker: sample scored groups for the learner with the newest adapter.
     Rollout(commands::rollout::RolloutArgs),
+    /// The learner: train the LoRA adapter on scored groups, teacher traces and the
+    /// policy's best samples; serve prompts; publish adapters.
+    Learner(commands::learner::LearnerArgs),
 }
 
 fn main() -> anyhow::Result<()> {

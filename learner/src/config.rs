@@ -385,10 +385,36 @@ impl TrainingConfig {
     }
 }
 
-/// `[learner]`: the gRPC service's own settings.
+/// How the prompt-set file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptsFormat {
+    /// MBPP rows (`task_id`, `text`, `code`, `test_list`, ...), as the data stage writes.
+    #[default]
+    Mbpp,
+    /// openai/human-eval rows.
+    Humaneval,
+    /// tgrpo's own `Problem` records as JSON lines.
+    Problems,
+}
+
+/// `[learner]`: the learner role's own settings (model, prompt set, service).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
+    /// The base model: an HF directory, a `.gguf` file, or `org/name[@revision]`.
+    pub model: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Base-weight dtype: `auto` (f32 on CPU, bf16 on GPU), `f32`, `bf16` or `f16`. The
+    /// LoRA weights and optimizer state are f32 whatever this says.
+    pub dtype: String,
+    /// The prompt set (the training problems) handed to rollout workers.
+    pub prompts_path: PathBuf,
+    /// Its format.
+    pub prompts_format: PromptsFormat,
+    /// The run whose adapters are broadcast (names the NATS bucket and subject).
+    pub run_id: String,
     /// A prompt batch not fully answered within this many seconds is re-issued.
     pub lease_timeout_s: f64,
     /// Most prompts one `NextPrompts` call hands out.
@@ -404,6 +430,12 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
+            model: "Qwen/Qwen2.5-Coder-1.5B-Instruct".to_string(),
+            device: "cpu".to_string(),
+            dtype: "auto".to_string(),
+            prompts_path: PathBuf::from("data/mbpp_train.jsonl"),
+            prompts_format: PromptsFormat::Mbpp,
+            run_id: "tgrpo".to_string(),
             lease_timeout_s: 600.0,
             max_prompts_per_lease: 8,
             max_buffered_groups: 256,
@@ -415,6 +447,14 @@ impl Default for ServiceConfig {
 impl ServiceConfig {
     /// Checks ranges; the error names the first bad field.
     pub fn validate(&self) -> Result<()> {
+        if self.model.trim().is_empty() {
+            return Err(LearnerError::config("learner.model", "is empty"));
+        }
+        parse_device_spec(&self.device)?;
+        parse_dtype(&self.dtype, true)?;
+        if self.run_id.trim().is_empty() {
+            return Err(LearnerError::config("learner.run_id", "is empty"));
+        }
         if !(self.lease_timeout_s.is_finite() && self.lease_timeout_s > 0.0) {
             return Err(LearnerError::config(
                 "learner.lease_timeout_s",
@@ -474,6 +514,48 @@ impl LearnerConfig {
     /// their defaults, unknown keys are an error naming them. Does not validate.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|err| LearnerError::config("<toml>", err.to_string()))
+    }
+}
+
+/// Which device a `device` string names: `None` for the CPU, `Some(ordinal)` for CUDA.
+/// Parsing touches no hardware, so a config can be validated anywhere.
+pub fn parse_device_spec(text: &str) -> Result<Option<usize>> {
+    match text.trim() {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => Ok(Some(ordinal)),
+            _ => Err(LearnerError::config(
+                "learner.device",
+                format!("`{other}` is not cpu, cuda or cuda:N"),
+            )),
+        },
+    }
+}
+
+/// Opens the device a `device` string names. A CUDA device in a build without the `cuda`
+/// feature fails here, with candle's reason.
+pub fn open_device(text: &str) -> Result<candle_core::Device> {
+    match parse_device_spec(text)? {
+        None => Ok(candle_core::Device::Cpu),
+        Some(ordinal) => candle_core::Device::new_cuda(ordinal).map_err(|err| {
+            LearnerError::config("learner.device", format!("cuda:{ordinal}: {err}"))
+        }),
+    }
+}
+
+/// The base weights' dtype a `dtype` string names (`auto`: f32 on the CPU, bf16 on a GPU).
+pub fn parse_dtype(text: &str, on_cpu: bool) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match text.trim() {
+        "auto" => Ok(if on_cpu { DType::F32 } else { DType::BF16 }),
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(LearnerError::config(
+            "learner.dtype",
+            format!("`{other}` is not auto, f32, bf16 or f16"),
+        )),
     }
 }
 
@@ -562,6 +644,11 @@ mod tests {
                 .contains("training.gradient_accumulation_steps"),
             "{err}"
         );
+
+        let mut config = LearnerConfig::default();
+        config.learner.device = "gpu".into();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("learner.device"), "{err}");
 
         let mut config = LearnerConfig::default();
         config.grpo.importance_sampling_cap = Some(0.5);

@@ -20,12 +20,15 @@
 //! - [`coordinator`]: prompts out, groups in (staleness, duplicates), batches to the trainer.
 //! - [`service`]: [`TrainingRun`] (training thread, checkpoints, adapter publication) and
 //!   the gRPC `Learner` service.
+//! - [`role`]: the `tgrpo learner` role from its config ([`run`]).
+//! - [`bench`]: the learner-step benchmark behind `tgrpo bench learner`.
 //! - `testing` (feature `testing`): a microsecond-fast toy policy for tests of code that
 //!   drives a learner.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod coordinator;
@@ -35,6 +38,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod policy;
+pub mod role;
 pub mod scheduler;
 pub mod service;
 pub mod teacher;
@@ -46,12 +50,13 @@ pub mod testing;
 pub use backend::{ScoreMode, TokenScores, TokenSequence, TrainablePolicy};
 pub use config::{
     DualSourceConfig, GrpoConfig, KlEstimator, LearnerConfig, LossAggregation, LrSchedule,
-    ServiceConfig, TrainingConfig,
+    PromptsFormat, ServiceConfig, TrainingConfig,
 };
 pub use coordinator::Coordinator;
 pub use error::{LearnerError, Result};
 pub use groups::{Completion, ScoredGroup, SftExample};
 pub use metrics::StepMetrics;
 pub use policy::LoraPolicy;
+pub use role::run;
 pub use service::{AdapterSink, LearnerGrpc, RunSummary, StopReason, TrainingRun};
 pub use trainer::{BatchContext, Learner, schedule_length};

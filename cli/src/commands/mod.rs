@@ -4,9 +4,11 @@
 pub mod bench;
 pub mod bench_broadcast;
 pub mod bench_executor;
+pub mod bench_learner;
 pub mod check;
 mod check_teacher;
 pub mod executor;
+pub mod learner;
 pub mod rollout;
 mod sandbox_args;
 pub mod score;
@@ -26,5 +28,6 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Synthesis(args) => synthesis::run(args).await,
         Command::TeacherProxy(args) => teacher_proxy::run(args).await,
         Command::Rollout(args) => rollout::run(args).await,
+        Command::Learner(args) => learner::run(args).await,
     }
 }
