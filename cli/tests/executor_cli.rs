@@ -40,7 +40,12 @@ fn check_output(output: &std::path::Path, stdout: &str) {
         .collect();
     let got: Vec<(&str, &str)> = lines
         .iter()
-        .map(|line| (line["id"].as_str().unwrap(), line["verdict"].as_str().unwrap()))
+        .map(|line| {
+            (
+                line["id"].as_str().unwrap(),
+                line["verdict"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -54,13 +59,31 @@ fn check_output(output: &std::path::Path, stdout: &str) {
             ("no-tests", "error"),
         ]
     );
-    assert!(lines[2]["detail"].as_str().unwrap().starts_with("input line 3:"));
-    assert!(lines[6]["detail"].as_str().unwrap().starts_with("input line 8:"));
+    assert!(
+        lines[2]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("input line 3:")
+    );
+    assert!(
+        lines[6]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("input line 8:")
+    );
     assert_eq!(lines[0]["tests_passed"], 2);
     assert_eq!(lines[0]["reward"], 1.0);
     assert_eq!(lines[1]["tests_passed"], 1);
     assert_eq!(lines[1]["tests_total"], 2);
-    for key in ["id", "verdict", "tests_passed", "tests_total", "reward", "duration_ms", "detail"] {
+    for key in [
+        "id",
+        "verdict",
+        "tests_passed",
+        "tests_total",
+        "reward",
+        "duration_ms",
+        "detail",
+    ] {
         assert!(lines[0].get(key).is_some(), "missing {key}");
     }
     assert_eq!(
@@ -76,7 +99,14 @@ fn score_with_an_in_process_pool() {
     let input = write_input(dir.path());
     let output = dir.path().join("verdicts.jsonl");
     let result = Command::new(TGRPO)
-        .args(["score", "--slots", "2", "--uid-base", &uid_base(0), "--input"])
+        .args([
+            "score",
+            "--slots",
+            "2",
+            "--uid-base",
+            &uid_base(0),
+            "--input",
+        ])
         .arg(&input)
         .arg("--output")
         .arg(&output)
@@ -99,7 +129,15 @@ fn score_against_a_remote_executor_that_then_drains_on_sigterm() {
     };
     let address = format!("127.0.0.1:{port}");
     let mut executor = Command::new(TGRPO)
-        .args(["executor", "--slots", "2", "--uid-base", &uid_base(1), "--listen", &address])
+        .args([
+            "executor",
+            "--slots",
+            "2",
+            "--uid-base",
+            &uid_base(1),
+            "--listen",
+            &address,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -143,7 +181,10 @@ fn score_against_a_remote_executor_that_then_drains_on_sigterm() {
             assert!(status.success(), "the executor exited with {status}");
             break;
         }
-        assert!(Instant::now() < deadline, "the executor did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the executor did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

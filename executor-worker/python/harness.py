@@ -1082,6 +1082,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_SECCOMP = 21
@@ -1125,6 +1126,12 @@ def mount(source, target, fstype, flags, data, what):
     )
 
 
+def set_process_name(name):
+    """Names the process in ps/top (tgrpo-zygote, tgrpo-tester, tgrpo-program)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
+
+
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     result = _libc.prctl(option, arg2, arg3, arg4, arg5)
     if result == -1:
@@ -1138,24 +1145,18 @@ class _SockFprog(ctypes.Structure):
 
 
 class Seccomp:
-    """Filters compiled by the worker (seccompiler) and handed over as raw BPF."""
+    """The filter compiled by the worker (seccompiler) and handed over as raw BPF."""
 
-    def __init__(self, programs_hex):
-        self.keep = []
-        self.programs = []
-        for program_hex in programs_hex:
-            raw = bytes.fromhex(program_hex)
-            if not raw or len(raw) % 8:
-                raise ValueError("bad seccomp program")
-            buffer = ctypes.create_string_buffer(raw, len(raw))
-            fprog = _SockFprog(len(raw) // 8, ctypes.addressof(buffer))
-            self.keep.append(buffer)
-            self.programs.append(fprog)
+    def __init__(self, program_hex):
+        raw = bytes.fromhex(program_hex)
+        if not raw or len(raw) % 8:
+            raise ValueError("bad seccomp program")
+        self.buffer = ctypes.create_string_buffer(raw, len(raw))
+        self.fprog = _SockFprog(len(raw) // 8, ctypes.addressof(self.buffer))
 
     def install(self):
         prctl(PR_SET_NO_NEW_PRIVS, 1)
-        for fprog in self.programs:
-            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog))
 
 
 def install_seccomp(required):
@@ -1274,6 +1275,7 @@ def tester_process(config, out_w, err_w, res_w, job_r):
     forks T ahead of time and this runs while the previous execution finishes."""
     sandbox = config["sandbox"]
     limits = config["limits"]
+    set_process_name("tgrpo-tester")
     devnull = os.open("/dev/null", os.O_RDONLY)
     t_sock, u_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     arrange_fds([devnull, out_w, err_w, res_w, t_sock.detach(), u_sock.detach(), job_r])
@@ -1297,6 +1299,9 @@ def tester_process(config, out_w, err_w, res_w, job_r):
 
         work_dir = tempfile.mkdtemp(prefix="tgrpo-exec-")
         result_line(res_fd, {"w": work_dir})
+    # The filter goes on before the fork: U inherits it (the kernel compiles a filter
+    # per install, so one install serves both), and T needs no call it denies from here.
+    install_seccomp(required=sandbox)
     u_pid = os.fork()
     if u_pid == 0:
         try:
@@ -1312,7 +1317,6 @@ def tester_process(config, out_w, err_w, res_w, job_r):
     prctl(PR_SET_PDEATHSIG, SIGKILL)
     if os.getppid() != config["zygote_pid"]:
         os._exit(0)
-    install_seccomp(required=sandbox)
     # T is short-lived and creates few cycles: collecting would only copy pages.
     gc.disable()
     raw = fd_read_frame(job_fd)
@@ -1442,6 +1446,7 @@ def program_process(config, work_dir):
     the channel closes. Nothing untrusted runs before the sandbox is complete."""
     sandbox = config["sandbox"]
     limits = config["limits"]
+    set_process_name("tgrpo-program")
     os.dup2(5, 3)
     os.closerange(4, 1 << 20)
     os.setsid()
@@ -1452,7 +1457,6 @@ def program_process(config, work_dir):
     # Dies with T (which dies with the zygote); as pid 1 of its namespace, taking every
     # descendant with it.
     prctl(PR_SET_PDEATHSIG, SIGKILL)
-    install_seccomp(required=sandbox)
     os.environ.clear()
     sys.argv = [""]
     sock = _socket.socket(fileno=3)
@@ -1719,6 +1723,7 @@ def main():
         return
     config = json.loads(raw)
     config["zygote_pid"] = os.getpid()
+    set_process_name("tgrpo-zygote")
     try:
         SECCOMP = Seccomp(config["seccomp"]) if config["seccomp"] else None
         isolation = setup_slot(config)

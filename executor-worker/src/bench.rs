@@ -27,7 +27,7 @@ pub struct BenchOptions {
     /// How many of the programs (references and wrong variants, interleaved) the pool
     /// scores; 0 means all.
     pub pool_programs: usize,
-    /// How many programs the naive runner scores (it is slow; a sample suffices).
+    /// How many programs the naive runner scores; 0 means as many as the pool.
     pub naive_programs: usize,
     /// Executor settings for the pool (its `slots` is replaced by `slots` above).
     pub executor: ExecutorConfig,
@@ -77,7 +77,11 @@ impl std::fmt::Display for BenchReport {
             f,
             "executor benchmark: {} slots, {}",
             self.slots,
-            if self.sandboxed { "sandboxed" } else { "UNSANDBOXED" }
+            if self.sandboxed {
+                "sandboxed"
+            } else {
+                "UNSANDBOXED"
+            }
         )?;
         writeln!(
             f,
@@ -112,7 +116,11 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
     let tasks = mbpp::load(&options.mbpp_path)?;
     let all = programs(&tasks);
     let take = |count: usize| {
-        let count = if count == 0 { all.len() } else { count.min(all.len()) };
+        let count = if count == 0 {
+            all.len()
+        } else {
+            count.min(all.len())
+        };
         all[..count].to_vec()
     };
     let slots = options.slots.max(1);
@@ -138,8 +146,19 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
         elapsed: started.elapsed(),
     };
 
-    let naive_programs = take(options.naive_programs);
-    let naive = run_naive(&executor.python, &naive_programs, slots, executor.default_timeout()).await?;
+    let naive_count = if options.naive_programs == 0 {
+        options.pool_programs
+    } else {
+        options.naive_programs
+    };
+    let naive_programs = take(naive_count);
+    let naive = run_naive(
+        &executor.python,
+        &naive_programs,
+        slots,
+        executor.default_timeout(),
+    )
+    .await?;
     Ok(BenchReport {
         pool,
         naive,

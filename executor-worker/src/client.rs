@@ -166,10 +166,11 @@ impl BalancedClient {
                 } else {
                     format!("http://{address}")
                 };
-                let endpoint = Endpoint::from_shared(uri).map_err(|err| ExecutorError::BadEndpoint {
-                    endpoint: address.clone(),
-                    reason: err.to_string(),
-                })?;
+                let endpoint =
+                    Endpoint::from_shared(uri).map_err(|err| ExecutorError::BadEndpoint {
+                        endpoint: address.clone(),
+                        reason: err.to_string(),
+                    })?;
                 let channel = endpoint
                     .connect_timeout(Duration::from_secs_f64(config.connect_timeout_s))
                     .tcp_nodelay(true)
@@ -233,7 +234,8 @@ impl BalancedClient {
         if let Some((index, _)) = best {
             return (index, None);
         }
-        if let Some(index) = avoid.filter(|&index| self.endpoints[index].cooling_until().is_none()) {
+        if let Some(index) = avoid.filter(|&index| self.endpoints[index].cooling_until().is_none())
+        {
             return (index, None);
         }
         let (index, until) = soonest.expect("at least one endpoint");
@@ -366,13 +368,19 @@ mod tests {
             max_attempts: 0,
             ..ClientConfig::default()
         };
-        assert!(config.validate().unwrap_err().to_string().contains("max_attempts"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_attempts")
+        );
     }
 
     #[tokio::test]
     async fn bad_endpoints_are_named() {
-        let err = BalancedClient::new(&["http://[bad".to_string()], ClientConfig::default())
-            .unwrap_err();
+        let err =
+            BalancedClient::new(&["http://[bad".to_string()], ClientConfig::default()).unwrap_err();
         assert!(err.to_string().contains("[bad"), "{err}");
         let err = BalancedClient::new(&[], ClientConfig::default()).unwrap_err();
         assert!(matches!(err, ExecutorError::NoEndpoints));

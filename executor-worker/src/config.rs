@@ -139,7 +139,10 @@ fn positive_finite(field: &str, value: f64) -> Result<(), ExecutorError> {
     if value.is_finite() && value > 0.0 {
         Ok(())
     } else {
-        Err(bad(field, format!("must be a positive number, got {value}")))
+        Err(bad(
+            field,
+            format!("must be a positive number, got {value}"),
+        ))
     }
 }
 
@@ -296,7 +299,10 @@ mod tests {
         let mut config = ExecutorConfig::default();
         config.scaled_reward.timeout_penalty = f64::NAN;
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("executor.scaled_reward.timeout_penalty"), "{err}");
+        assert!(
+            err.contains("executor.scaled_reward.timeout_penalty"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -305,7 +311,10 @@ mod tests {
         assert!(err.to_string().contains("slotz"), "{err}");
         let parsed: ExecutorConfig = serde_json::from_str(r#"{"slots": 3}"#).unwrap();
         assert_eq!(parsed.slots, 3);
-        assert_eq!(parsed.queue_capacity, ExecutorConfig::default().queue_capacity);
+        assert_eq!(
+            parsed.queue_capacity,
+            ExecutorConfig::default().queue_capacity
+        );
     }
 
     #[test]

@@ -32,17 +32,22 @@
 //! ## Design: the verdict is decided outside the program's process
 //!
 //! ```text
-//! worker (Rust) ──frames── zygote: python, root, one per slot, never runs untrusted code
+//! worker (Rust) ──frames── tgrpo-zygote: python, root, one per slot, never runs
+//!                             │              untrusted code
 //!                             │ fork (per execution)
-//!                             T: trusted tester, uid base+2i+1, host pid namespace
+//!                             tgrpo-tester (T): uid base+2i+1, host pid namespace;
 //!                             │   runs setup code + each test statement with its own
 //!                             │   pristine builtins; reports each test on a pipe only
 //!                             │   T holds ──────────────────────────────► zygote
-//!                             │ unshare(pid, mount, ipc) + fork
-//!                             U: the program, pid 1 of a fresh pid namespace,
-//!                                uid base+2i, seccomp, rlimits, empty env, /work
-//!                                tmpfs; runs the program, then only answers T
+//!                             │ unshare(pid, mount, ipc), mount /work, seccomp, fork
+//!                             tgrpo-program (U): pid 1 of a fresh pid namespace,
+//!                                uid base+2i, seccomp, rlimits, empty env; runs the
+//!                                program, then only answers T
 //! ```
+//!
+//! The zygote forks each execution *before* its job arrives (T and U set themselves
+//! up and wait; U receives its program from T only once sandboxed), so the set-up of
+//! the next execution overlaps with the end of the current one.
 //!
 //! - **U never decides anything.** It runs the program, then serves calls from T over
 //!   a socket: "look up name", "call handle with these arguments", "get attribute" …
@@ -69,8 +74,9 @@
 //!   U is in another pid namespace and uid (it cannot see, signal or ptrace T), so
 //!   output markers, exit codes, `sys.exit`, `os._exit`, killing "the parent" (getppid
 //!   is 0 in its namespace) or crashing only end the program: tests that did not run
-//!   are `NOT_RUN` and the verdict is not `PASSED`. T compiles the program itself to
-//!   detect syntax errors, so U cannot claim one.
+//!   are `NOT_RUN` and the verdict is not `PASSED` (`sys.exit` inside a call ends
+//!   the program too, as it would in one process). When U reports that the program
+//!   does not compile, T compiles it itself to confirm, so U cannot fake a syntax error.
 //!
 //! Why each trick fails is tested one by one in `tests/adversarial.rs`.
 //!
@@ -90,10 +96,13 @@
 //! - **Credentials**: programs run as `uid_base + 2·slot`, tests as `uid_base +
 //!   2·slot + 1`, no supplementary groups, `no_new_privs`; the uid is unprivileged so
 //!   RLIMIT_NPROC holds (root ignores it).
-//! - **seccomp** (see [`seccomp`](crate) module docs): deny-list with EPERM for ptrace,
-//!   mount and namespace calls, bpf, perf, io_uring, kexec, modules, keyrings, execve,
-//!   non-AF_UNIX and raw sockets, x32 syscall numbers; clone3 answers ENOSYS so libc
-//!   falls back to clone, whose namespace flags are checked.
+//! - **seccomp**: one deny-list filter (EPERM) for ptrace and process_vm_*, mount and
+//!   namespace calls (clone with namespace flags included), bpf, perf, userfaultfd,
+//!   io_uring, kexec, modules, keyrings, clock setting, execve, sockets other than
+//!   AF_UNIX, raw/packet sockets and x32 syscall numbers; clone3 answers ENOSYS so
+//!   libc falls back to clone, whose flags BPF can inspect. Compiled by `seccompiler`
+//!   in the worker, installed by T right before it forks U (both inherit it; the
+//!   kernel JIT-compiles each installed filter, so one install is cheaper than two).
 //! - **rlimits**: address space (1 GiB), CPU seconds (timeout + 1), file size, open
 //!   files, processes, no core dumps, no locked memory.
 //! - **Wall clock**: the zygote kills the program (namespace init) and T at the

@@ -143,10 +143,7 @@ pub fn wrong_variant(task: &MbppTask) -> String {
         if name.is_empty() || called.contains(&name) {
             continue;
         }
-        let is_called = task
-            .test_list
-            .iter()
-            .any(|test| calls(test, name));
+        let is_called = task.test_list.iter().any(|test| calls(test, name));
         if is_called {
             called.push(name);
         }

@@ -6,7 +6,12 @@
 use tgrpo_proto::executor::{RewardKind, ScoreRequest, TestFormat};
 
 /// An MBPP-style request: the program, then `setup_code`, then each test statement.
-pub fn mbpp<I, S>(id: impl Into<String>, code: impl Into<String>, tests: I, setup_code: impl Into<String>) -> ScoreRequest
+pub fn mbpp<I, S>(
+    id: impl Into<String>,
+    code: impl Into<String>,
+    tests: I,
+    setup_code: impl Into<String>,
+) -> ScoreRequest
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,

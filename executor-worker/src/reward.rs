@@ -11,7 +11,10 @@ use tgrpo_proto::executor::{RewardKind, ScaledReward, Verdict};
 use crate::config::ScaledRewardConfig;
 
 /// The executor's scaled-reward defaults overridden by the request's own fields.
-pub fn scaled_params(defaults: &ScaledRewardConfig, request: Option<&ScaledReward>) -> ScaledRewardConfig {
+pub fn scaled_params(
+    defaults: &ScaledRewardConfig,
+    request: Option<&ScaledReward>,
+) -> ScaledRewardConfig {
     let Some(request) = request else {
         return *defaults;
     };
@@ -55,7 +58,11 @@ pub fn reward(
             } else if verdict == Verdict::Timeout {
                 scaled.timeout_penalty
             } else {
-                let bonus = if all_passed { scaled.all_pass_bonus } else { 0.0 };
+                let bonus = if all_passed {
+                    scaled.all_pass_bonus
+                } else {
+                    0.0
+                };
                 scaled.pass_weight * fraction + bonus
             }
         }
@@ -78,9 +85,18 @@ mod tests {
     #[test]
     fn binary_is_all_or_nothing() {
         let s = scaled();
-        assert_eq!(reward(RewardKind::Binary, &s, Verdict::Passed, 3, 3, false), 1.0);
-        assert_eq!(reward(RewardKind::Binary, &s, Verdict::Failed, 2, 3, false), 0.0);
-        assert_eq!(reward(RewardKind::Unspecified, &s, Verdict::Passed, 1, 1, false), 1.0);
+        assert_eq!(
+            reward(RewardKind::Binary, &s, Verdict::Passed, 3, 3, false),
+            1.0
+        );
+        assert_eq!(
+            reward(RewardKind::Binary, &s, Verdict::Failed, 2, 3, false),
+            0.0
+        );
+        assert_eq!(
+            reward(RewardKind::Unspecified, &s, Verdict::Passed, 1, 1, false),
+            1.0
+        );
     }
 
     #[test]
@@ -88,16 +104,31 @@ mod tests {
         let s = scaled();
         let r = reward(RewardKind::Partial, &s, Verdict::Failed, 2, 3, false);
         assert!((r - 2.0 / 3.0).abs() < 1e-12);
-        assert_eq!(reward(RewardKind::Partial, &s, Verdict::Error, 0, 0, false), 0.0);
+        assert_eq!(
+            reward(RewardKind::Partial, &s, Verdict::Error, 0, 0, false),
+            0.0
+        );
     }
 
     #[test]
     fn scaled_applies_weights_and_penalties() {
         let s = scaled();
-        assert_eq!(reward(RewardKind::Scaled, &s, Verdict::Passed, 4, 4, false), 1.0);
-        assert_eq!(reward(RewardKind::Scaled, &s, Verdict::Failed, 2, 4, false), 0.25);
-        assert_eq!(reward(RewardKind::Scaled, &s, Verdict::Error, 0, 4, true), -1.0);
-        assert_eq!(reward(RewardKind::Scaled, &s, Verdict::Timeout, 1, 4, false), -0.25);
+        assert_eq!(
+            reward(RewardKind::Scaled, &s, Verdict::Passed, 4, 4, false),
+            1.0
+        );
+        assert_eq!(
+            reward(RewardKind::Scaled, &s, Verdict::Failed, 2, 4, false),
+            0.25
+        );
+        assert_eq!(
+            reward(RewardKind::Scaled, &s, Verdict::Error, 0, 4, true),
+            -1.0
+        );
+        assert_eq!(
+            reward(RewardKind::Scaled, &s, Verdict::Timeout, 1, 4, false),
+            -0.25
+        );
     }
 
     #[test]

@@ -110,7 +110,9 @@ pub(crate) fn to_job(request: &ScoreRequest, config: &ExecutorConfig) -> Result<
         return Err("entry_point is required for the humaneval format".into());
     }
     if !entry_point.is_empty() && !is_identifier(&entry_point) {
-        return Err(format!("entry_point {entry_point:?} is not a python identifier"));
+        return Err(format!(
+            "entry_point {entry_point:?} is not a python identifier"
+        ));
     }
     let timeout = match request.timeout_s {
         None => config.default_timeout(),
@@ -155,7 +157,11 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// The response to a request that was not run.
-pub(crate) fn invalid_request(request: &ScoreRequest, reason: &str, elapsed: Duration) -> ScoreResponse {
+pub(crate) fn invalid_request(
+    request: &ScoreRequest,
+    reason: &str,
+    elapsed: Duration,
+) -> ScoreResponse {
     error_response(request, &format!("invalid request: {reason}"), elapsed)
 }
 
@@ -208,7 +214,10 @@ pub(crate) fn assemble(
             "the test process ended before reporting every test".to_string(),
         )
     } else if tests_passed == tests_total && tests_total > 0 {
-        (Verdict::Passed, format!("{tests_passed}/{tests_total} tests passed"))
+        (
+            Verdict::Passed,
+            format!("{tests_passed}/{tests_total} tests passed"),
+        )
     } else {
         (Verdict::Failed, first_failure(request, outcome))
     };
@@ -220,7 +229,14 @@ pub(crate) fn assemble(
         verdict: verdict as i32,
         tests_passed,
         tests_total,
-        reward: reward::reward(kind, &scaled, verdict, tests_passed, tests_total, syntax_error),
+        reward: reward::reward(
+            kind,
+            &scaled,
+            verdict,
+            tests_passed,
+            tests_total,
+            syntax_error,
+        ),
         duration_ms: outcome.elapsed.as_millis() as u64,
         detail,
         tests: outcome
@@ -337,14 +353,26 @@ mod tests {
     fn verdict_rules() {
         let config = ExecutorConfig::default();
         let req = request();
-        let passed = assemble(&req, &outcome(&[TestStatus::Passed, TestStatus::Passed]), &config);
+        let passed = assemble(
+            &req,
+            &outcome(&[TestStatus::Passed, TestStatus::Passed]),
+            &config,
+        );
         assert_eq!(passed.verdict(), Verdict::Passed);
         assert_eq!(passed.reward, 1.0);
 
-        let failed = assemble(&req, &outcome(&[TestStatus::Passed, TestStatus::Failed]), &config);
+        let failed = assemble(
+            &req,
+            &outcome(&[TestStatus::Passed, TestStatus::Failed]),
+            &config,
+        );
         assert_eq!(failed.verdict(), Verdict::Failed);
         assert_eq!(failed.tests_passed, 1);
-        assert!(failed.detail.contains("test 1 `assert f(2) == 3` failed"), "{}", failed.detail);
+        assert!(
+            failed.detail.contains("test 1 `assert f(2) == 3` failed"),
+            "{}",
+            failed.detail
+        );
 
         let mut timed_out = outcome(&[TestStatus::Passed, TestStatus::NotRun]);
         timed_out.timed_out = true;
@@ -363,6 +391,9 @@ mod tests {
 
         let mut unfinished = outcome(&[TestStatus::Passed, TestStatus::Passed]);
         unfinished.finished = false;
-        assert_eq!(assemble(&req, &unfinished, &config).verdict(), Verdict::Error);
+        assert_eq!(
+            assemble(&req, &unfinished, &config).verdict(),
+            Verdict::Error
+        );
     }
 }

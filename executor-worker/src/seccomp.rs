@@ -103,7 +103,8 @@ fn condition(
     op: SeccompCmpOp,
     value: u64,
 ) -> Result<SeccompCondition, ExecutorError> {
-    SeccompCondition::new(arg, len, op, value).map_err(|err| ExecutorError::Seccomp(err.to_string()))
+    SeccompCondition::new(arg, len, op, value)
+        .map_err(|err| ExecutorError::Seccomp(err.to_string()))
 }
 
 fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, ExecutorError> {
@@ -193,57 +194,37 @@ fn deny_filter(arch: TargetArch) -> Result<BpfProgram, ExecutorError> {
     compile(filter)
 }
 
-/// clone3 passes its flags in memory, where BPF cannot look: answer ENOSYS so that libc
-/// falls back to clone(2), which the main filter checks.
-fn clone3_filter(arch: TargetArch) -> Result<BpfProgram, ExecutorError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    rules.insert(libc::SYS_clone3, Vec::new());
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(ENOSYS),
-        arch,
-    )
-    .map_err(|err| ExecutorError::Seccomp(err.to_string()))?;
-    compile(filter)
+/// BPF opcodes and return values for the hand-written prologue.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+fn instruction(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
 }
 
-/// On x86_64 the x32 ABI reaches the same kernel entry points with syscall numbers
-/// offset by 0x4000_0000, under the same audit arch: a number-based deny-list must
-/// refuse that whole range or it can be bypassed.
-#[cfg(target_arch = "x86_64")]
-fn x32_filter() -> BpfProgram {
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JMP_JGE_K: u16 = 0x35;
-    const BPF_RET_K: u16 = 0x06;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    vec![
-        sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        sock_filter {
-            code: BPF_JMP_JGE_K,
-            jt: 0,
-            jf: 1,
-            k: 0x4000_0000,
-        },
-        sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ERRNO | EPERM,
-        },
-        sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ALLOW,
-        },
-    ]
+/// Runs before the seccompiler program (which starts with its own architecture check
+/// and reloads the syscall number, so prepending is safe; its jumps are relative):
+///
+/// - clone3 passes its flags in memory, where BPF cannot look: answer ENOSYS so that
+///   libc falls back to clone(2), whose flags the main filter checks;
+/// - on x86_64 the x32 ABI reaches the same kernel entry points with syscall numbers
+///   offset by 0x4000_0000 under the same audit arch: a number-based deny-list must
+///   refuse that whole range or it can be bypassed.
+fn prologue() -> BpfProgram {
+    let mut program = vec![instruction(BPF_LD_W_ABS, 0, 0, 0)];
+    #[cfg(target_arch = "x86_64")]
+    program.extend([
+        instruction(BPF_JMP_JGE_K, 0, 1, 0x4000_0000),
+        instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),
+    ]);
+    program.extend([
+        instruction(BPF_JMP_JEQ_K, 0, 1, libc::SYS_clone3 as u32),
+        instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS),
+    ]);
+    program
 }
 
 fn to_bytes(program: &[sock_filter]) -> Vec<u8> {
@@ -261,16 +242,19 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The filters to install, in order, each as the hex of its raw `sock_filter` array.
-pub fn programs_hex() -> Result<Vec<String>, ExecutorError> {
+/// The filter to install, as the hex of its raw `sock_filter` array. One program: the
+/// kernel JIT-compiles every filter installed, so one costs less than several.
+pub fn program_hex() -> Result<String, ExecutorError> {
     let arch = target_arch()?;
-    let mut programs = vec![deny_filter(arch)?, clone3_filter(arch)?];
-    #[cfg(target_arch = "x86_64")]
-    programs.push(x32_filter());
-    Ok(programs
-        .iter()
-        .map(|program| to_hex(&to_bytes(program)))
-        .collect())
+    let mut program = prologue();
+    program.extend(deny_filter(arch)?);
+    if program.len() >= 4096 {
+        return Err(ExecutorError::Seccomp(format!(
+            "filter of {} instructions exceeds the kernel's limit",
+            program.len()
+        )));
+    }
+    Ok(to_hex(&to_bytes(&program)))
 }
 
 #[cfg(test)]
@@ -278,16 +262,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters_compile_to_whole_instructions() {
-        let programs = programs_hex().unwrap();
-        assert!(programs.len() >= 2);
-        for program in &programs {
-            assert!(!program.is_empty());
-            // 8 bytes, 16 hex digits per instruction.
-            assert_eq!(program.len() % 16, 0);
+    fn filter_compiles_to_whole_instructions() {
+        let program = program_hex().unwrap();
+        // 8 bytes, 16 hex digits per instruction.
+        assert_eq!(program.len() % 16, 0);
+        assert!(program.len() / 16 > 20);
+        // The deny-list compares against ptrace's and clone3's numbers.
+        for call in [libc::SYS_ptrace, libc::SYS_clone3] {
+            let number = to_hex(&(call as u32).to_ne_bytes());
+            assert!(program.contains(&number), "syscall {call} missing");
         }
-        // The deny-list must mention ptrace's number somewhere in its comparisons.
-        let ptrace = (libc::SYS_ptrace as u32).to_ne_bytes();
-        assert!(programs[0].contains(&to_hex(&ptrace)));
+    }
+
+    #[test]
+    fn prologue_jumps_stay_inside_the_prologue() {
+        let prologue = prologue();
+        for (index, instruction) in prologue.iter().enumerate() {
+            let last_target = index + 1 + usize::from(instruction.jt.max(instruction.jf));
+            assert!(
+                last_target <= prologue.len(),
+                "jump out of the prologue at {index}"
+            );
+        }
+        // Falls through to the main program: the last instruction is a return that only
+        // the preceding comparison reaches.
+        assert_eq!(prologue.last().unwrap().code, BPF_RET_K);
     }
 }

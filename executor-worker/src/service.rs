@@ -94,7 +94,9 @@ pub async fn serve(
     health
         .set_not_serving::<ExecutorServer<ExecutorService>>()
         .await;
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let result = match tokio::time::timeout(drain_timeout, &mut server).await {
         Ok(result) => result.map_err(serve_error),
         Err(_) => {

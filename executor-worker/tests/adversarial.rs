@@ -19,7 +19,9 @@ struct Sandbox {
 impl Sandbox {
     async fn start(slots: usize) -> Self {
         let config = common::config(slots);
-        let scorer = Scorer::local(config.clone()).await.expect("sandbox pool starts");
+        let scorer = Scorer::local(config.clone())
+            .await
+            .expect("sandbox pool starts");
         Self { scorer, config }
     }
 
@@ -86,7 +88,11 @@ async fn infinite_loop_times_out() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // The slot is usable again right away.
     let ok = sandbox
-        .score(request("def f(x):\n    return x\n", &["assert f(1) == 1"], 5.0))
+        .score(request(
+            "def f(x):\n    return x\n",
+            &["assert f(1) == 1"],
+            5.0,
+        ))
         .await;
     assert_eq!(ok.verdict(), Verdict::Passed, "{ok:?}");
     sandbox.finish().await;
@@ -101,9 +107,7 @@ async fn cpu_spin_ignoring_sigterm_is_killed() {
                 x = 0\n\
                 while True:\n    x += 1\n";
     let started = Instant::now();
-    let response = sandbox
-        .score(request(code, &["assert x == 1"], 1.0))
-        .await;
+    let response = sandbox.score(request(code, &["assert x == 1"], 1.0)).await;
     assert_eq!(response.verdict(), Verdict::Timeout, "{response:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     sandbox.finish().await;
@@ -316,7 +320,11 @@ async fn killing_the_parent_changes_nothing() {
     assert_eq!(response.verdict(), Verdict::Failed, "{response:?}");
     // The worker, the fork-server and the slot survive.
     let ok = sandbox
-        .score(request("def f(x):\n    return x + 1\n", &["assert f(1) == 2"], 5.0))
+        .score(request(
+            "def f(x):\n    return x + 1\n",
+            &["assert f(1) == 2"],
+            5.0,
+        ))
         .await;
     assert_eq!(ok.verdict(), Verdict::Passed, "{ok:?}");
     sandbox.finish().await;
@@ -335,7 +343,9 @@ async fn daemons_die_with_the_execution() {
                         while True:\n            time.sleep(0.1)\n    \
                     os._exit(0)\n\
                 def f():\n    return 1\n";
-    let response = sandbox.score(request(code, &["assert f() == 1"], 5.0)).await;
+    let response = sandbox
+        .score(request(code, &["assert f() == 1"], 5.0))
+        .await;
     assert_eq!(response.verdict(), Verdict::Passed, "{}", response.detail);
     // After the daemon's wake-up time, only the next pre-forked execution (its tester
     // and program) may run under the slot's uids.
@@ -358,10 +368,18 @@ async fn daemons_die_with_the_execution() {
 async fn exiting_early_never_passes() {
     let sandbox = Sandbox::start(1).await;
     let wrong = "def f(x):\n    return 0\n";
-    for exit in ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit(0)\n"] {
+    for exit in [
+        "import sys\nsys.exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "raise SystemExit(0)\n",
+    ] {
         // Before the tests...
         let response = sandbox
-            .score(request(&format!("{wrong}{exit}"), &["assert f(1) == 2"], 5.0))
+            .score(request(
+                &format!("{wrong}{exit}"),
+                &["assert f(1) == 2"],
+                5.0,
+            ))
             .await;
         assert_not_passed(&response);
         // ...and between them, from inside the function under test.
@@ -370,11 +388,19 @@ async fn exiting_early_never_passes() {
             exit.trim().replace('\n', "\n        ")
         );
         let response = sandbox
-            .score(request(&inside, &["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"], 5.0))
+            .score(request(
+                &inside,
+                &["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"],
+                5.0,
+            ))
             .await;
         assert_not_passed(&response);
         assert_eq!(response.tests_passed, 1, "{response:?}");
-        assert_eq!(response.tests[2].outcome(), TestOutcome::NotRun, "{response:?}");
+        assert_eq!(
+            response.tests[2].outcome(),
+            TestOutcome::NotRun,
+            "{response:?}"
+        );
     }
     sandbox.finish().await;
 }
@@ -391,7 +417,11 @@ async fn printed_markers_and_forged_frames_never_pass() {
                     except OSError:\n        pass\n\
                 def f(x):\n    return 0\n";
     let response = sandbox
-        .score(request(code, &["assert f(1) == 1", "assert f(2) == 2"], 5.0))
+        .score(request(
+            code,
+            &["assert f(1) == 1", "assert f(2) == 2"],
+            5.0,
+        ))
         .await;
     assert_not_passed(&response);
     assert_eq!(response.tests_passed, 0, "{response:?}");
@@ -486,7 +516,9 @@ async fn no_state_survives_into_the_next_execution() {
                  s.bind('\\0tgrpo-state')\n\
                  s.listen(1)\n\
                  def f():\n    return shm\n";
-    let first = sandbox.score(request(leave, &["assert f() >= 0"], 5.0)).await;
+    let first = sandbox
+        .score(request(leave, &["assert f() >= 0"], 5.0))
+        .await;
     assert_eq!(first.verdict(), Verdict::Passed, "{first:?}");
     let check = "import os, heapq, ctypes, socket, builtins, collections\n\
                  libc = ctypes.CDLL(None, use_errno=True)\n\

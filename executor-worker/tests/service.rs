@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 struct Server {
     address: SocketAddr,
@@ -77,7 +77,10 @@ fn known_request(id: &str, n: usize, sleep_s: f64) -> ScoreRequest {
     let code = format!(
         "import time\ndef f(x):\n    time.sleep({sleep_s})\n    return x * {n} + {offset}\n"
     );
-    let tests = [format!("assert f(2) == {}", 2 * n), format!("assert f(3) == {}", 3 * n)];
+    let tests = [
+        format!("assert f(2) == {}", 2 * n),
+        format!("assert f(3) == {}", 3 * n),
+    ];
     requests::mbpp(id, code, tests, "")
 }
 
@@ -113,7 +116,11 @@ async fn concurrent_clients_all_get_correct_verdicts() {
                 let mut client = client.clone();
                 let id = format!(
                     "{}-{client_index}-{i}",
-                    if (i + client_index) % 3 == 0 { "fail" } else { "pass" }
+                    if (i + client_index) % 3 == 0 {
+                        "fail"
+                    } else {
+                        "pass"
+                    }
                 );
                 async move {
                     client
@@ -195,11 +202,13 @@ async fn a_full_queue_answers_resource_exhausted() {
     assert_eq!(rejected.code(), Code::ResourceExhausted, "{rejected:?}");
     check(&slow.await.unwrap().unwrap());
     // Room again once the slow one is done.
-    check(&client
-        .score(known_request("pass-after", 3, 0.0))
-        .await
-        .unwrap()
-        .into_inner());
+    check(
+        &client
+            .score(known_request("pass-after", 3, 0.0))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
 }
@@ -222,12 +231,20 @@ async fn shutdown_drains_in_flight_work() {
     server.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Draining: health says so, new calls are refused with a retryable code.
-    if let Ok(status) = health.check(HealthCheckRequest { service: String::new() }).await {
+    if let Ok(status) = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
         assert_eq!(status.into_inner().status(), ServingStatus::NotServing);
     }
     if let Err(status) = client.score(known_request("pass-late", 5, 0.0)).await {
         assert!(
-            matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+            matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled
+            ),
             "{status:?}"
         );
     }
@@ -270,7 +287,12 @@ async fn balancing_client_loses_an_executor_mid_run() {
         check(response);
     }
     // And the survivor keeps serving the same client.
-    check(&client.score(known_request("pass-after", 7, 0.0)).await.unwrap());
+    check(
+        &client
+            .score(known_request("pass-after", 7, 0.0))
+            .await
+            .unwrap(),
+    );
     second.shutdown.cancel();
     second.task.await.unwrap().unwrap();
 }

@@ -8,7 +8,12 @@ async fn smoke() -> anyhow::Result<()> {
     let scorer = Scorer::local(common::config(2)).await?;
     println!("{}", scorer.isolation().unwrap());
     let ok = scorer
-        .score(requests::mbpp("ok", "def f(x):\n    return x + 1\n", ["assert f(1) == 2", "assert f(2) == 4"], ""))
+        .score(requests::mbpp(
+            "ok",
+            "def f(x):\n    return x + 1\n",
+            ["assert f(1) == 2", "assert f(2) == 4"],
+            "",
+        ))
         .await?;
     println!("{ok:?}");
     assert_eq!(ok.verdict(), Verdict::Failed);

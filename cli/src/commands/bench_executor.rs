@@ -19,8 +19,9 @@ pub struct ExecutorBenchArgs {
     #[arg(long, default_value_t = 0)]
     pub programs: usize,
 
-    /// Programs the naive runner scores (it is slow; a sample gives its rate).
-    #[arg(long, default_value_t = 300)]
+    /// Programs the naive runner scores, from the start of the same list; 0 = the same
+    /// programs as the pool (a fair comparison: some MBPP programs compute for seconds).
+    #[arg(long, default_value_t = 0)]
     pub naive_programs: usize,
 
     #[command(flatten)]
@@ -41,7 +42,11 @@ pub async fn run(args: ExecutorBenchArgs) -> anyhow::Result<()> {
     };
     let mut executor = args.sandbox.to_config();
     // The target is stated for 2 slots: benchmark that unless told otherwise.
-    let slots = if args.sandbox.slots == 0 { 2 } else { args.sandbox.slots };
+    let slots = if args.sandbox.slots == 0 {
+        2
+    } else {
+        args.sandbox.slots
+    };
     executor.slots = slots;
     executor.validate()?;
     let report = tgrpo_executor::bench::run(tgrpo_executor::bench::BenchOptions {

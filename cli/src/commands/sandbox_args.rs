@@ -31,7 +31,11 @@ pub struct SandboxArgs {
     pub max_processes: u64,
 
     /// Bytes of stdout and of stderr kept per program (the rest is counted, dropped).
-    #[arg(long, env = "TGRPO_EXECUTOR_OUTPUT_LIMIT_BYTES", default_value_t = 65536)]
+    #[arg(
+        long,
+        env = "TGRPO_EXECUTOR_OUTPUT_LIMIT_BYTES",
+        default_value_t = 65536
+    )]
     pub output_limit_bytes: usize,
 
     /// First of the unprivileged uids programs and tests run as (two per slot); no
@@ -40,12 +44,20 @@ pub struct SandboxArgs {
     pub uid_base: u32,
 
     /// The python interpreter of the sandboxes.
-    #[arg(long, env = "TGRPO_EXECUTOR_PYTHON", default_value = "/usr/bin/python3")]
+    #[arg(
+        long,
+        env = "TGRPO_EXECUTOR_PYTHON",
+        default_value = "/usr/bin/python3"
+    )]
     pub python: PathBuf,
 
     /// Run untrusted programs WITHOUT namespaces, uid switch or private root, for
     /// hosts that cannot give them. Verdicts stay unforgeable; the host is exposed.
-    #[arg(long, env = "TGRPO_EXECUTOR_UNSAFE_NO_SANDBOX", default_value_t = false)]
+    #[arg(
+        long,
+        env = "TGRPO_EXECUTOR_UNSAFE_NO_SANDBOX",
+        default_value_t = false
+    )]
     pub unsafe_no_sandbox: bool,
 }
 

@@ -114,7 +114,12 @@ fn parse_line(line: &str, number: usize, reward: RewardKind) -> Parsed {
             // Keep the caller's id when the line at least has one.
             let id = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|value| value.get("id").and_then(|id| id.as_str()).map(str::to_string))
+                .and_then(|value| {
+                    value
+                        .get("id")
+                        .and_then(|id| id.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| format!("line-{number}"));
             return malformed(id, format!("malformed: {err}"));
         }
@@ -260,7 +265,11 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
         "verdicts: passed {}, failed {}, timeout {}, error {} (malformed lines {}); mean reward {:.4}",
         summary.passed, summary.failed, summary.timeout, summary.error, summary.malformed, mean
     );
-    println!("{} passed, {} failed", summary.passed, summary.total - summary.passed);
+    println!(
+        "{} passed, {} failed",
+        summary.passed,
+        summary.total - summary.passed
+    );
     Ok(())
 }
 
@@ -270,12 +279,17 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_the_line_and_keep_the_id() {
-        let Parsed::Malformed(response) = parse_line(r#"{"id": "x7", "code": 3}"#, 7, RewardKind::Binary)
+        let Parsed::Malformed(response) =
+            parse_line(r#"{"id": "x7", "code": 3}"#, 7, RewardKind::Binary)
         else {
             panic!("a line with a numeric code is malformed");
         };
         assert_eq!(response.id, "x7");
-        assert!(response.detail.starts_with("input line 7:"), "{}", response.detail);
+        assert!(
+            response.detail.starts_with("input line 7:"),
+            "{}",
+            response.detail
+        );
         let Parsed::Malformed(response) = parse_line("not json", 3, RewardKind::Binary) else {
             panic!("not json is malformed");
         };

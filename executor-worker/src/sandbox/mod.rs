@@ -297,7 +297,7 @@ impl SandboxPool {
             })?;
         let zygote_config = ZygoteConfig {
             sandbox,
-            seccomp: seccomp::programs_hex()?,
+            seccomp: seccomp::program_hex()?,
             root_dir: root_dir.path().to_string_lossy().into_owned(),
             sys_pivot_root: libc::SYS_pivot_root,
             u_uid: config.uid_base,
@@ -342,7 +342,11 @@ impl SandboxPool {
             _root_dir: root_dir,
         });
         let isolation = probe(&inner, &slot_isolation, sandbox, config).await?;
-        tracing::info!(slots, sandboxed = sandbox, "sandbox pool ready\n{isolation}");
+        tracing::info!(
+            slots,
+            sandboxed = sandbox,
+            "sandbox pool ready\n{isolation}"
+        );
         Ok(Self {
             inner,
             isolation: Arc::new(isolation),
@@ -396,7 +400,9 @@ impl SandboxPool {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the slot list inconsistent (it is
     // only pushed to and popped from), so poisoning is ignored.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn slot_config(base: &ZygoteConfig, uid_base: u32, index: usize) -> ZygoteConfig {
@@ -523,7 +529,10 @@ fn parse_outcome(
         .program_status
         .is_some_and(|status| status & 0x7f == libc::SIGXCPU);
     let timed_out = (wire.timed_out && !finished) || (cpu_limit_hit && !all_passed(&tests));
-    if wire.tester_status.is_some_and(|status| status != 0 && status & 0x7f != libc::SIGKILL) {
+    if wire
+        .tester_status
+        .is_some_and(|status| status != 0 && status & 0x7f != libc::SIGKILL)
+    {
         tracing::debug!(status = ?wire.tester_status, "test process exited abnormally");
     }
     ExecutionOutcome {
@@ -547,7 +556,7 @@ fn all_passed(tests: &[TestRecord]) -> bool {
 /// Cheap checks before starting anything: the fork-servers would fail anyway, but
 /// with a less obvious message.
 fn check_host_prerequisites() -> Result<(), ExecutorError> {
-    // SAFETY-free: geteuid via std is not available; read it from /proc.
+    // The effective uid, read from /proc (libc::geteuid would need `unsafe`).
     let status = std::fs::read_to_string("/proc/self/status").map_err(|source| {
         ExecutorError::SandboxUnavailable {
             step: "reading /proc/self/status".into(),

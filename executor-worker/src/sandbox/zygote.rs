@@ -29,7 +29,8 @@ const MAX_CONTROL_FRAME: usize = 64 << 20;
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ZygoteConfig {
     pub sandbox: bool,
-    pub seccomp: Vec<String>,
+    /// Hex of the raw BPF filter (see `seccomp`).
+    pub seccomp: String,
     pub root_dir: String,
     pub sys_pivot_root: i64,
     pub u_uid: u32,
