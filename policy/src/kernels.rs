@@ -50,7 +50,10 @@ fn f32_slice<'g>(guard: &'g Storage, layout: &candle_core::Layout) -> Option<&'g
 /// `x (m, k) @ segment.weight^T (+ bias) (+ scale · h b^T)` for every segment, as `(m, n_s)`
 /// tensors. `None` when an operand is not contiguous f32 on the CPU (the caller falls back
 /// to candle ops). Every tensor must have its own storage.
-pub(crate) fn fused_linear(x: &Tensor, segments: &[Segment]) -> candle_core::Result<Option<Vec<Tensor>>> {
+pub(crate) fn fused_linear(
+    x: &Tensor,
+    segments: &[Segment],
+) -> candle_core::Result<Option<Vec<Tensor>>> {
     let (m, k) = x.dims2()?;
     let mut tensors: Vec<&Tensor> = vec![x];
     for s in segments {
@@ -89,13 +92,28 @@ pub(crate) fn fused_linear(x: &Tensor, segments: &[Segment]) -> candle_core::Res
             Some((h, b, scale)) => {
                 let (hm, r) = h.dims2()?;
                 if hm != m || b.dims2()? != (n, r) {
-                    candle_core::bail!("fused linear: lora shapes {:?} {:?} for x {:?}", h.dims(), b.dims(), x.dims())
+                    candle_core::bail!(
+                        "fused linear: lora shapes {:?} {:?} for x {:?}",
+                        h.dims(),
+                        b.dims(),
+                        x.dims()
+                    )
                 }
-                Some(Lora { h: take(), b: take(), r, scale })
+                Some(Lora {
+                    h: take(),
+                    b: take(),
+                    r,
+                    scale,
+                })
             }
             None => None,
         };
-        plans.push(Plan { weight, bias, lora, n });
+        plans.push(Plan {
+            weight,
+            bias,
+            lora,
+            n,
+        });
     }
     // Tasks: (segment, first row, row count), each writing its own transposed block.
     let mut tasks = Vec::new();
@@ -112,7 +130,15 @@ pub(crate) fn fused_linear(x: &Tensor, segments: &[Segment]) -> candle_core::Res
         .map(|&(seg, j0, rows)| {
             let plan = &plans[seg];
             let mut out = vec![0f32; rows * m];
-            Arch::new().dispatch(Block { x: x_data, m, k, plan, j0, rows, out: &mut out });
+            Arch::new().dispatch(Block {
+                x: x_data,
+                m,
+                k,
+                plan,
+                j0,
+                rows,
+                out: &mut out,
+            });
             out
         })
         .collect();
@@ -165,7 +191,15 @@ impl WithSimd for Block<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Block { x, m, k, plan, j0, rows, out } = self;
+        let Block {
+            x,
+            m,
+            k,
+            plan,
+            j0,
+            rows,
+            out,
+        } = self;
         let w_row = |j: usize| &plan.weight[(j0 + j) * k..(j0 + j + 1) * k];
         let x_row = |b: usize| &x[b * k..(b + 1) * k];
         let mut j = 0;
@@ -174,7 +208,11 @@ impl WithSimd for Block<'_> {
             let w_rows = [w_row(j), w_row(j + 1)];
             let mut b = 0;
             while b + 4 <= m {
-                let sums = dot_block::<S, 2, 4>(simd, w_rows, [x_row(b), x_row(b + 1), x_row(b + 2), x_row(b + 3)]);
+                let sums = dot_block::<S, 2, 4>(
+                    simd,
+                    w_rows,
+                    [x_row(b), x_row(b + 1), x_row(b + 2), x_row(b + 3)],
+                );
                 for (r, row_sums) in sums.iter().enumerate() {
                     out[(j + r) * m + b..(j + r) * m + b + 4].copy_from_slice(row_sums);
                 }
@@ -205,7 +243,8 @@ impl WithSimd for Block<'_> {
                 let b_row = &lora.b[(j0 + jj) * r..(j0 + jj + 1) * r];
                 for b in 0..m {
                     let h_row = &lora.h[b * r..(b + 1) * r];
-                    out[jj * m + b] += lora.scale * dot_block::<S, 1, 1>(simd, [b_row], [h_row])[0][0];
+                    out[jj * m + b] +=
+                        lora.scale * dot_block::<S, 1, 1>(simd, [b_row], [h_row])[0][0];
                 }
             }
         }
@@ -215,7 +254,11 @@ impl WithSimd for Block<'_> {
 /// `R × C` dot products of equal-length rows, each accumulated in its own SIMD register
 /// (with two register sets when only one product runs, to hide FMA latency).
 #[inline(always)]
-fn dot_block<S: Simd, const R: usize, const C: usize>(simd: S, w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
+fn dot_block<S: Simd, const R: usize, const C: usize>(
+    simd: S,
+    w: [&[f32]; R],
+    x: [&[f32]; C],
+) -> [[f32; C]; R] {
     let zero = simd.splat_f32s(0.0);
     let mut acc = [[zero; C]; R];
     let mut acc2 = [[zero; C]; R];
@@ -262,13 +305,29 @@ mod tests {
     use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
     fn matches_candle_ops_for_every_small_shape() {
         let dev = Device::Cpu;
-        for &(m, k, n, r) in &[(1, 64, 7, 4), (3, 37, 65, 3), (4, 128, 64, 64), (5, 896, 33, 16), (8, 19, 1, 2), (32, 64, 130, 8)] {
+        for &(m, k, n, r) in &[
+            (1, 64, 7, 4),
+            (3, 37, 65, 3),
+            (4, 128, 64, 64),
+            (5, 896, 33, 16),
+            (8, 19, 1, 2),
+            (32, 64, 130, 8),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w1 = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let w2 = Tensor::randn(0f32, 1.0, (n + 3, k), &dev).unwrap();
@@ -278,14 +337,28 @@ mod tests {
             let out = fused_linear(
                 &x,
                 &[
-                    Segment { weight: &w1, bias: None, lora: Some((&h, &b, 0.5)) },
-                    Segment { weight: &w2, bias: Some(&bias), lora: None },
+                    Segment {
+                        weight: &w1,
+                        bias: None,
+                        lora: Some((&h, &b, 0.5)),
+                    },
+                    Segment {
+                        weight: &w2,
+                        bias: Some(&bias),
+                        lora: None,
+                    },
                 ],
             )
             .unwrap()
             .unwrap();
-            let e1 = (x.matmul(&w1.t().unwrap()).unwrap() + (h.matmul(&b.t().unwrap()).unwrap() * 0.5).unwrap()).unwrap();
-            let e2 = x.matmul(&w2.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+            let e1 = (x.matmul(&w1.t().unwrap()).unwrap()
+                + (h.matmul(&b.t().unwrap()).unwrap() * 0.5).unwrap())
+            .unwrap();
+            let e2 = x
+                .matmul(&w2.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
             let tol = 1e-4 * (k as f32).sqrt();
             assert!(max_diff(&out[0], &e1) < tol, "({m}, {k}, {n}) lora segment");
             assert!(max_diff(&out[1], &e2) < tol, "({m}, {k}, {n}) bias segment");
@@ -296,9 +369,34 @@ mod tests {
     fn declines_what_it_cannot_read() {
         let x = Tensor::zeros((2, 8), candle_core::DType::F64, &Device::Cpu).unwrap();
         let w = Tensor::zeros((3, 8), candle_core::DType::F64, &Device::Cpu).unwrap();
-        assert!(fused_linear(&x, &[Segment { weight: &w, bias: None, lora: None }]).unwrap().is_none());
-        let x = Tensor::zeros((8, 2), candle_core::DType::F32, &Device::Cpu).unwrap().t().unwrap();
+        assert!(
+            fused_linear(
+                &x,
+                &[Segment {
+                    weight: &w,
+                    bias: None,
+                    lora: None
+                }]
+            )
+            .unwrap()
+            .is_none()
+        );
+        let x = Tensor::zeros((8, 2), candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap();
         let w = Tensor::zeros((3, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(fused_linear(&x, &[Segment { weight: &w, bias: None, lora: None }]).unwrap().is_none());
+        assert!(
+            fused_linear(
+                &x,
+                &[Segment {
+                    weight: &w,
+                    bias: None,
+                    lora: None
+                }]
+            )
+            .unwrap()
+            .is_none()
+        );
     }
 }

@@ -87,7 +87,14 @@ fn linear_forward(
         x.contiguous()?.reshape((rows, in_features))?
     };
     let fused = if fast && rows <= kernels::MAX_ROWS && x2.device().is_cpu() {
-        kernels::fused_linear(&x2, &[kernels::Segment { weight, bias, lora: None }])?
+        kernels::fused_linear(
+            &x2,
+            &[kernels::Segment {
+                weight,
+                bias,
+                lora: None,
+            }],
+        )?
     } else {
         None
     };
@@ -166,7 +173,12 @@ impl Proj {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             x = (x * mask)?;
         }
-        let delta = linear_forward(&linear_forward(&x, &pair.a, None, fast)?, &pair.b, None, fast)?;
+        let delta = linear_forward(
+            &linear_forward(&x, &pair.a, None, fast)?,
+            &pair.b,
+            None,
+            fast,
+        )?;
         let delta = (delta * adapter.scale())?;
         let delta = if delta.dtype() == base.dtype() {
             delta
@@ -215,7 +227,11 @@ fn project_fused(
     let a_segments: Vec<kernels::Segment> = pairs
         .iter()
         .flatten()
-        .map(|pair| kernels::Segment { weight: &pair.a, bias: None, lora: None })
+        .map(|pair| kernels::Segment {
+            weight: &pair.a,
+            bias: None,
+            lora: None,
+        })
         .collect();
     let mut hs = if a_segments.is_empty() {
         Vec::new()

@@ -236,7 +236,7 @@ pub fn safetensors_bytes(
     }
     let mut header_bytes = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
     // Pad the header with spaces to 8-byte alignment, as the reference writer does.
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header_bytes.len() + data.len());

@@ -26,8 +26,11 @@ impl TextDecoder for Tokenizer {
 /// the samplers. Cheap to clone; clones share the slot.
 #[derive(Debug, Clone, Default)]
 pub struct AdapterSlot {
-    inner: Arc<RwLock<Option<(u64, Arc<LoraAdapter>)>>>,
+    inner: Arc<RwLock<Option<VersionedAdapter>>>,
 }
+
+/// An installed adapter and its version.
+type VersionedAdapter = (u64, Arc<LoraAdapter>);
 
 impl AdapterSlot {
     /// An empty slot (the base model).

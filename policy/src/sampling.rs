@@ -267,7 +267,9 @@ impl Model {
         decoder: Option<&dyn TextDecoder>,
         eos_token_ids: &[u32],
     ) -> Result<Vec<Generation>> {
-        Ok(self.generate_with_stats(requests, adapter, decoder, eos_token_ids)?.0)
+        Ok(self
+            .generate_with_stats(requests, adapter, decoder, eos_token_ids)?
+            .0)
     }
 
     /// [`Model::generate`], also returning where the time went.
@@ -415,7 +417,10 @@ impl Model {
             }
         }
         stats.decode_secs = decode_start.elapsed().as_secs_f64();
-        let generations = done.into_iter().map(|g| g.expect("every row finished")).collect();
+        let generations = done
+            .into_iter()
+            .map(|g| g.expect("every row finished"))
+            .collect();
         Ok((generations, stats))
     }
 

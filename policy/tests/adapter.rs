@@ -339,7 +339,11 @@ fn adapter_swaps_are_atomic_for_concurrent_samplers() {
                 let mut version = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     version += 1;
-                    let bytes = if version % 2 == 0 { bytes_a } else { bytes_b };
+                    let bytes = if version.is_multiple_of(2) {
+                        bytes_a
+                    } else {
+                        bytes_b
+                    };
                     policy.install_adapter_bytes(version, bytes, None).unwrap();
                 }
                 version

@@ -25,9 +25,14 @@ fn real_model(file: &str) -> Option<PathBuf> {
         println!("skipped: set TGRPO_REAL_MODELS=1 to run the real-weight tests");
         return None;
     }
-    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tgrpo-models").join(file);
+    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/tgrpo-models")
+        .join(file);
     if !path.is_file() {
-        println!("skipped: {} is absent (run ../shared/tools/real-models.sh)", path.display());
+        println!(
+            "skipped: {} is absent (run ../shared/tools/real-models.sh)",
+            path.display()
+        );
         return None;
     }
     Some(path)
@@ -35,12 +40,22 @@ fn real_model(file: &str) -> Option<PathBuf> {
 
 #[test]
 fn smollm2_answers_a_simple_question_on_topic() {
-    let Some(path) = real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some(path) = real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let policy = Policy::load(&ModelSource::Gguf(path), &LoadOptions::default()).unwrap();
-    let prompt = policy.chat_prompt(&[Message::user("What is the capital of France?")]).unwrap();
+    let prompt = policy
+        .chat_prompt(&[Message::user("What is the capital of France?")])
+        .unwrap();
     let started = Instant::now();
     let out = policy
-        .generate_with(&[GenerationRequest { prompt, params: SamplingParams::greedy(48) }], None)
+        .generate_with(
+            &[GenerationRequest {
+                prompt,
+                params: SamplingParams::greedy(48),
+            }],
+            None,
+        )
         .unwrap()
         .remove(0);
     println!(
@@ -84,15 +99,20 @@ fn passes(program: &str, timeout: Duration) -> bool {
 
 #[test]
 fn qwen_coder_solves_at_least_6_of_the_first_20_mbpp_test_problems() {
-    let Some(path) = real_model("qwen2.5-coder-0.5b-instruct-q4km.gguf") else { return };
+    let Some(path) = real_model("qwen2.5-coder-0.5b-instruct-q4km.gguf") else {
+        return;
+    };
     let policy = Policy::load(&ModelSource::Gguf(path), &LoadOptions::default()).unwrap();
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mbpp/mbpp_test.jsonl");
+    let data =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mbpp/mbpp_test.jsonl");
     let mut problems = mbpp::load_jsonl(&data).unwrap();
     problems.truncate(20);
     let requests: Vec<GenerationRequest> = problems
         .iter()
         .map(|p| GenerationRequest {
-            prompt: policy.chat_prompt(&[Message::user(prompt::user_message(p))]).unwrap(),
+            prompt: policy
+                .chat_prompt(&[Message::user(prompt::user_message(p))])
+                .unwrap(),
             params: SamplingParams::greedy(384),
         })
         .collect();
@@ -115,8 +135,17 @@ fn qwen_coder_solves_at_least_6_of_the_first_20_mbpp_test_problems() {
             None => false,
         };
         solved += ok as usize;
-        println!("task {}: {} ({:?}, {} tokens)", problem.task_id, if ok { "pass" } else { "fail" }, out.finish_reason, out.tokens.len());
+        println!(
+            "task {}: {} ({:?}, {} tokens)",
+            problem.task_id,
+            if ok { "pass" } else { "fail" },
+            out.finish_reason,
+            out.tokens.len()
+        );
     }
-    println!("Qwen2.5-Coder-0.5B: {solved}/20 MBPP test problems; {tokens} tokens in {elapsed:.1}s ({:.1} tokens/s, batch 20)", tokens as f64 / elapsed);
+    println!(
+        "Qwen2.5-Coder-0.5B: {solved}/20 MBPP test problems; {tokens} tokens in {elapsed:.1}s ({:.1} tokens/s, batch 20)",
+        tokens as f64 / elapsed
+    );
     assert!(solved >= 6, "only {solved}/20 solved");
 }

@@ -89,12 +89,17 @@ fn kv_cache_sampling_equals_full_recomputation() {
             seed: i as u64,
             ..Default::default()
         });
-        let (out, stats) = model.generate_with_stats(&reqs, Some(&adapter), None, &[]).unwrap();
+        let (out, stats) = model
+            .generate_with_stats(&reqs, Some(&adapter), None, &[])
+            .unwrap();
         // The repeated prompt was prefilled once; finished rows stopped costing decode work.
         assert_eq!(stats.prefills, 4);
         let generated: usize = out.iter().map(|g| g.tokens.len()).sum();
         assert_eq!(stats.decode_row_steps, generated - reqs.len());
-        assert_eq!(stats.decode_steps, out.iter().map(|g| g.tokens.len()).max().unwrap() - 1);
+        assert_eq!(
+            stats.decode_steps,
+            out.iter().map(|g| g.tokens.len()).max().unwrap() - 1
+        );
         let mut worst = 0f32;
         for (req, generation) in reqs.iter().zip(&out) {
             assert_eq!(generation.finish_reason, FinishReason::Length);
