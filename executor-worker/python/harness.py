@@ -1140,6 +1140,68 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     return result
 
 
+CLONE_CHILD_CLEARTID = 0x00200000
+CLONE_CHILD_SETTID = 0x01000000
+SIGCHLD = 17
+
+_pydll = ctypes.PyDLL(None, use_errno=True)
+_pydll.syscall.restype = ctypes.c_long
+_libc.pthread_self.restype = ctypes.c_void_p
+
+
+class Cloner:
+    """fork(2) into new namespaces: os.fork() plus clone flags.
+
+    A process can unshare(CLONE_NEWPID) only once (its later children all land in that
+    one namespace), so the zygote creates each program's pid namespace with a raw
+    clone(2) instead. Done as CPython's os.fork() does it: PyOS_BeforeFork, the
+    syscall, PyOS_AfterFork_Child/Parent (with the GIL held throughout: PyDLL). Like
+    glibc's fork, CLONE_CHILD_SETTID writes the child's tid into its thread control
+    block, so the libc functions that read it (raise, pthread_kill) stay correct. The
+    zygote is single-threaded, so no lock can be held by another thread at the clone.
+    """
+
+    def __init__(self, sys_clone, sys_gettid, arch):
+        self.sys_clone = sys_clone
+        self.child_tid_last = arch != "x86_64"
+        self.tid_address = None
+        self_thread = _libc.pthread_self()
+        tid = _libc.syscall(sys_gettid)
+        # The tid field's offset in glibc's struct pthread is not public: find it.
+        for offset in range(0, 4096, 4):
+            if ctypes.c_int.from_address(self_thread + offset).value == tid:
+                self.tid_address = self_thread + offset
+                break
+
+    def clone(self, namespace_flags):
+        flags = namespace_flags | SIGCHLD
+        child_tid = 0
+        if self.tid_address is not None:
+            flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID
+            child_tid = self.tid_address
+        if self.child_tid_last:
+            # (flags, stack, parent_tid, tls, child_tid): arm64 and most others.
+            args = (0, 0, 0, child_tid)
+        else:
+            # (flags, stack, parent_tid, child_tid, tls): x86_64.
+            args = (0, 0, child_tid, 0)
+        api = ctypes.pythonapi
+        api.PyOS_BeforeFork()
+        pid = _pydll.syscall(
+            ctypes.c_long(self.sys_clone),
+            ctypes.c_ulong(flags),
+            *(ctypes.c_void_p(arg) for arg in args),
+        )
+        if pid == 0:
+            api.PyOS_AfterFork_Child()
+            return 0
+        code = ctypes.get_errno() if pid < 0 else 0
+        api.PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise OSError(code, "clone: " + os.strerror(code))
+        return pid
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -1269,47 +1331,16 @@ def result_line(fd, record):
     fd_write_all(fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
 
 
-def tester_process(config, out_w, err_w, res_w, job_r):
-    """T: sets up U (namespaces, /work, fork), drops its own privileges, then waits for
-    the job. Everything before the job is the same for every execution, so the zygote
-    forks T ahead of time and this runs while the previous execution finishes."""
+def tester_process(config, out_w, err_w, res_w, job_r, t_sock):
+    """T: drops its privileges, installs the filter, then waits for the job. All of it
+    is the same for every execution, so the zygote forks T ahead of time and this runs
+    while the previous execution finishes."""
     sandbox = config["sandbox"]
     limits = config["limits"]
     set_process_name("tgrpo-tester")
     devnull = os.open("/dev/null", os.O_RDONLY)
-    t_sock, u_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    arrange_fds([devnull, out_w, err_w, res_w, t_sock.detach(), u_sock.detach(), job_r])
-    t_sock = _socket.socket(fileno=4)
-    res_fd = 3
-    job_fd = 6
-    if sandbox:
-        unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC, "unshare(pid, mount, ipc)")
-        mount(
-            "tmpfs",
-            "/work",
-            "tmpfs",
-            MS_NOSUID | MS_NODEV,
-            "size=%d,mode=0700,uid=%d,gid=%d"
-            % (limits["workdir_bytes"], config["u_uid"], config["u_uid"]),
-            "tmpfs /work",
-        )
-        work_dir = "/work"
-    else:
-        import tempfile
-
-        work_dir = tempfile.mkdtemp(prefix="tgrpo-exec-")
-        result_line(res_fd, {"w": work_dir})
-    # The filter goes on before the fork: U inherits it (the kernel compiles a filter
-    # per install, so one install serves both), and T needs no call it denies from here.
-    install_seccomp(required=sandbox)
-    u_pid = os.fork()
-    if u_pid == 0:
-        try:
-            program_process(config, work_dir)
-        finally:
-            os._exit(71)
-    result_line(res_fd, {"u": u_pid})
-    os.close(5)
+    arrange_fds([devnull, out_w, err_w, res_w, t_sock, job_r])
+    res_fd, sock_fd, job_fd = 3, 4, 5
     set_limits(dict(limits, memory_bytes=limits["tester_memory_bytes"]), 1)
     if sandbox:
         drop_privileges(config["t_uid"])
@@ -1317,13 +1348,14 @@ def tester_process(config, out_w, err_w, res_w, job_r):
     prctl(PR_SET_PDEATHSIG, SIGKILL)
     if os.getppid() != config["zygote_pid"]:
         os._exit(0)
+    install_seccomp(required=sandbox)
     # T is short-lived and creates few cycles: collecting would only copy pages.
     gc.disable()
     raw = fd_read_frame(job_fd)
     if raw is None:
         os._exit(0)
     os.close(job_fd)
-    run_tests(json.loads(raw), t_sock, res_fd)
+    run_tests(json.loads(raw), _socket.socket(fileno=sock_fd), res_fd)
     _flush_stdio()
     os._exit(0)
 
@@ -1441,22 +1473,35 @@ def run_tests(job, t_sock, res_fd):
     result_line(res_fd, {"done": 1})
 
 
-def program_process(config, work_dir):
-    """U: sandboxes itself, waits for the program, runs it, then serves T's calls until
-    the channel closes. Nothing untrusted runs before the sandbox is complete."""
+def program_process(config, out_w, err_w, u_sock, work_dir):
+    """U: pid 1 of fresh pid, mount and ipc namespaces (in a sandbox). Sandboxes itself,
+    waits for the program, runs it, then serves T's calls until the channel closes.
+    Nothing untrusted runs before the sandbox is complete."""
     sandbox = config["sandbox"]
     limits = config["limits"]
     set_process_name("tgrpo-program")
-    os.dup2(5, 3)
-    os.closerange(4, 1 << 20)
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    arrange_fds([devnull, out_w, err_w, u_sock])
+    if sandbox:
+        mount(
+            "tmpfs",
+            "/work",
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            "size=%d,mode=0700,uid=%d,gid=%d"
+            % (limits["workdir_bytes"], config["u_uid"], config["u_uid"]),
+            "tmpfs /work",
+        )
     os.setsid()
     os.chdir(work_dir)
     set_limits(limits, limits["processes"])
     if sandbox:
         drop_privileges(config["u_uid"])
-    # Dies with T (which dies with the zygote); as pid 1 of its namespace, taking every
-    # descendant with it.
+    # Dies with the zygote; as pid 1 of its namespace, taking every descendant with it.
     prctl(PR_SET_PDEATHSIG, SIGKILL)
+    if os.getppid() not in (0, config["zygote_pid"]):
+        os._exit(0)
+    install_seccomp(required=sandbox)
     os.environ.clear()
     sys.argv = [""]
     sock = _socket.socket(fileno=3)
@@ -1522,38 +1567,58 @@ def _kill(pid):
 
 
 class Pending:
-    """An execution forked ahead of its job: T (and through it U) set up and waiting."""
+    """An execution forked ahead of its job: T and U set up and waiting."""
 
-    __slots__ = ("t_pid", "out_r", "err_r", "res_r", "job_w")
+    __slots__ = ("t_pid", "u_pid", "out_r", "err_r", "res_r", "job_w", "work_dir")
 
-    def __init__(self, t_pid, out_r, err_r, res_r, job_w):
+    def __init__(self, t_pid, u_pid, out_r, err_r, res_r, job_w, work_dir):
         self.t_pid = t_pid
+        self.u_pid = u_pid
         self.out_r = out_r
         self.err_r = err_r
         self.res_r = res_r
         self.job_w = job_w
+        self.work_dir = work_dir
+
+
+def _child(role, run):
+    try:
+        run()
+    except BaseException as exc:
+        try:
+            os.write(2, ("%s setup failed: %s\n" % (role, describe(exc))).encode())
+        finally:
+            os._exit(70)
+    os._exit(70)
 
 
 def prefork(config):
+    """Forks T, then clones U into fresh pid/mount/ipc namespaces: both are children of
+    the zygote, which reaps them itself (neither pid can be reused before it kills
+    them)."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     job_r, job_w = os.pipe()
+    t_sock, u_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    t_fd, u_fd = t_sock.detach(), u_sock.detach()
+    work_dir = "/work"
+    if not config["sandbox"]:
+        import tempfile
+
+        work_dir = tempfile.mkdtemp(prefix="tgrpo-exec-")
     t_pid = os.fork()
     if t_pid == 0:
-        try:
-            for fd in (out_r, err_r, res_r, job_w):
-                os.close(fd)
-            tester_process(config, out_w, err_w, res_w, job_r)
-        except BaseException as exc:
-            try:
-                os.write(2, ("tester setup failed: " + describe(exc) + "\n").encode())
-            finally:
-                os._exit(70)
-        os._exit(70)
-    for fd in (out_w, err_w, res_w, job_r):
+        _child("tester", lambda: tester_process(config, out_w, err_w, res_w, job_r, t_fd))
+    if config["sandbox"]:
+        u_pid = CLONER.clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
+    else:
+        u_pid = os.fork()
+    if u_pid == 0:
+        _child("program", lambda: program_process(config, out_w, err_w, u_fd, work_dir))
+    for fd in (out_w, err_w, res_w, job_r, t_fd, u_fd):
         os.close(fd)
-    return Pending(t_pid, out_r, err_r, res_r, job_w)
+    return Pending(t_pid, u_pid, out_r, err_r, res_r, job_w, work_dir)
 
 
 def run_job(config, pending, raw_job, timeout_s):
@@ -1561,7 +1626,7 @@ def run_job(config, pending, raw_job, timeout_s):
     every process of the execution is gone."""
     started = time.monotonic()
     deadline = started + timeout_s
-    t_pid = pending.t_pid
+    t_pid, u_pid = pending.t_pid, pending.u_pid
     out_r, err_r, res_r = pending.out_r, pending.err_r, pending.res_r
     try:
         fd_write_frame(pending.job_w, raw_job)
@@ -1617,29 +1682,18 @@ def run_job(config, pending, raw_job, timeout_s):
             continue
         if type(record) is dict:
             records.append(record)
-    u_pid = None
-    work_dir = None
-    for record in records:
-        if "u" in record and type(record["u"]) is int:
-            u_pid = record["u"]
-        if "w" in record and type(record["w"]) is str:
-            work_dir = record["w"]
     # End the execution: U first (pid 1 of its namespace: every descendant dies with it),
-    # then T; both are reaped, so no pid can be reused before the kill.
-    if u_pid is not None:
-        if config["sandbox"]:
-            _kill(u_pid)
-        else:
-            try:
-                os.killpg(u_pid, SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            _kill(u_pid)
+    # then T. Both are the zygote's own children and unreaped until here, so neither
+    # pid can have been reused.
+    if not config["sandbox"]:
+        try:
+            os.killpg(u_pid, SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _kill(u_pid)
     _kill(t_pid)
     t_status = _reap(t_pid)
-    u_status = _reap(u_pid) if u_pid is not None else None
-    if u_pid is None and config["sandbox"]:
-        sweep_uid(config["u_uid"])
+    u_status = _reap(u_pid)
     # Drain what is left. In a sandbox every writer is dead now, so this ends at EOF
     # at once; without one, an escaped descendant may hold the pipe: stop after 1 s.
     drain_deadline = time.monotonic() + 1.0
@@ -1666,12 +1720,12 @@ def run_job(config, pending, raw_job, timeout_s):
             break
         if pid == 0:
             break
-    if work_dir is not None:
+    if not config["sandbox"]:
         import shutil
 
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(pending.work_dir, ignore_errors=True)
     outcome = {
-        "records": [r for r in records if "u" not in r and "w" not in r],
+        "records": records,
         "timed_out": timed_out,
         "elapsed_ms": elapsed_ms,
         "tester_status": t_status,
@@ -1682,35 +1736,16 @@ def run_job(config, pending, raw_job, timeout_s):
     return outcome, bytes(out.kept), bytes(err.kept)
 
 
-def sweep_uid(uid):
-    """Kills every process of the program's uid: the fallback for the (tiny) window in
-    which T could die before telling us U's pid."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setresuid(uid, uid, uid)
-            os.kill(-1, SIGKILL)
-        finally:
-            os._exit(0)
-    _reap(pid)
-    while True:
-        try:
-            child, _ = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if child == 0:
-            break
-
-
 # ---------------------------------------------------------------------------------------
 # The zygote's main loop
 # ---------------------------------------------------------------------------------------
 
 SECCOMP = None
+CLONER = None
 
 
 def main():
-    global SECCOMP
+    global SECCOMP, CLONER
     ctl_in = os.dup(0)
     ctl_out = os.dup(1)
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -1726,6 +1761,7 @@ def main():
     set_process_name("tgrpo-zygote")
     try:
         SECCOMP = Seccomp(config["seccomp"]) if config["seccomp"] else None
+        CLONER = Cloner(config["sys_clone"], config["sys_gettid"], config["arch"])
         isolation = setup_slot(config)
     except SetupError as err:
         fd_write_frame(ctl_out, json.dumps({"ok": False, "step": err.step, "error": str(err)}).encode())

@@ -33,21 +33,23 @@
 //!
 //! ```text
 //! worker (Rust) ──frames── tgrpo-zygote: python, root, one per slot, never runs
-//!                             │              untrusted code
-//!                             │ fork (per execution)
-//!                             tgrpo-tester (T): uid base+2i+1, host pid namespace;
-//!                             │   runs setup code + each test statement with its own
-//!                             │   pristine builtins; reports each test on a pipe only
-//!                             │   T holds ──────────────────────────────► zygote
-//!                             │ unshare(pid, mount, ipc), mount /work, seccomp, fork
-//!                             tgrpo-program (U): pid 1 of a fresh pid namespace,
-//!                                uid base+2i, seccomp, rlimits, empty env; runs the
-//!                                program, then only answers T
+//!                           │  │           untrusted code
+//!          fork per execution  │  clone(CLONE_NEWPID|CLONE_NEWNS|CLONE_NEWIPC) per execution
+//!                           │  │
+//!   tgrpo-tester (T) ◄──────┼──┼──socket──► tgrpo-program (U)
+//!   uid base+2i+1, host pid    │            pid 1 of a fresh pid namespace, own mount
+//!   namespace; runs setup code │            and ipc namespaces and tmpfs /work, uid
+//!   and each test statement    │            base+2i, seccomp, rlimits, empty env; runs
+//!   with its own pristine      │            the program, then only answers T
+//!   builtins; reports each test on a pipe only T holds ──► zygote
 //! ```
 //!
-//! The zygote forks each execution *before* its job arrives (T and U set themselves
-//! up and wait; U receives its program from T only once sandboxed), so the set-up of
-//! the next execution overlaps with the end of the current one.
+//! Both are children of the zygote, which kills and reaps them itself (so no pid can be
+//! reused before the kill). U's pid namespace comes from a raw `clone(2)`: a process can
+//! `unshare(CLONE_NEWPID)` only once. The zygote forks each execution *before* its job
+//! arrives (T and U set themselves up and wait; U receives its program from T only once
+//! sandboxed), so the set-up of the next execution overlaps with the end of the
+//! current one.
 //!
 //! - **U never decides anything.** It runs the program, then serves calls from T over
 //!   a socket: "look up name", "call handle with these arguments", "get attribute" …
@@ -100,9 +102,9 @@
 //!   namespace calls (clone with namespace flags included), bpf, perf, userfaultfd,
 //!   io_uring, kexec, modules, keyrings, clock setting, execve, sockets other than
 //!   AF_UNIX, raw/packet sockets and x32 syscall numbers; clone3 answers ENOSYS so
-//!   libc falls back to clone, whose flags BPF can inspect. Compiled by `seccompiler`
-//!   in the worker, installed by T right before it forks U (both inherit it; the
-//!   kernel JIT-compiles each installed filter, so one install is cheaper than two).
+//!   libc falls back to clone, whose flags BPF can inspect. Compiled (one program) by
+//!   `seccompiler` in the worker, handed to the zygote as raw BPF;
+//!   T and U each install it during their set-up, before any input reaches them.
 //! - **rlimits**: address space (1 GiB), CPU seconds (timeout + 1), file size, open
 //!   files, processes, no core dumps, no locked memory.
 //! - **Wall clock**: the zygote kills the program (namespace init) and T at the
@@ -122,7 +124,7 @@
 //!
 //! Each slot's zygote holds an initialised interpreter with the stdlib imported (and
 //! `gc.freeze()`d, so children do not copy its pages when collecting); an execution
-//! costs two forks and a few syscalls instead of an interpreter start. Slots default to
+//! costs a fork, a clone and a few syscalls instead of an interpreter start. Slots default to
 //! the number of cores. No state leaks between executions: each one is a fresh fork of
 //! a zygote that never ran untrusted code, in fresh pid/mount/ipc namespaces with a
 //! fresh /work (tested). `tgrpo bench executor` measures the pool against a fresh
