@@ -1,8 +1,17 @@
-//! The product layer: the four stages a user runs (`data`, `synthesis`, `train`, `eval`),
-//! local single-node mode, and the multi-process launcher. It joins the service crates;
-//! none of the math or the sandboxing lives here.
+//! The product layer: the one run config, the four stages a user runs (`data`,
+//! `synthesis`, `train`, `eval`), and local single-node mode. It joins the service
+//! crates; none of the math or the sandboxing lives here.
+//!
+//! # Layout
+//! - [`config`]: [`TgrpoConfig`], every section of a run in one TOML file, with
+//!   `TGRPO_*` environment overrides and unknown keys rejected by name.
+//! - [`passk`]: the unbiased pass@k estimator.
+//! - [`report`]: the SVG report written at the end of train and eval.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod passk;
 pub mod report;
+
+pub use config::{ConfigError, EnvSource, Override, ProcessEnv, TgrpoConfig};
