@@ -13,6 +13,8 @@
 //! - [`client`]: the [`Teacher`] trait and [`HttpTeacher`], the HTTP client.
 //! - [`local`]: [`LocalTeacher`], a policy-crate model behind the same interface (offline
 //!   synthesis), and [`AnyTeacher`] to pick one at run time.
+//! - [`reference`]: [`ReferenceTeacher`], an oracle that answers with each problem's
+//!   reference solution (the CPU demo's stand-in for the real teacher).
 //! - [`parse`]: splitting `<think>` / `reasoning_content` from the answer.
 //! - [`cache`]: the on-disk response cache (atomic writes).
 //! - [`verify`]: the [`Verifier`] trait: scoring a trace's code against its tests.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod local;
 pub mod parse;
+pub mod reference;
 pub mod server;
 pub mod source;
 pub mod synthesis;
@@ -43,6 +46,7 @@ pub use client::{HttpTeacher, Teacher, TeacherReply};
 pub use config::TeacherConfig;
 pub use error::{Result, TeacherError};
 pub use local::{AnyTeacher, LocalTeacher};
+pub use reference::ReferenceTeacher;
 pub use source::{MeterSnapshot, TraceOutcome, TraceSource};
 pub use synthesis::{SampleFailure, SynthesisSummary, synthesize};
 pub use traces::{TraceRecord, TraceWriter, load_traces};
