@@ -507,6 +507,15 @@ impl LearnerConfig {
         self.dual_source.validate()?;
         self.training.validate()?;
         self.learner.validate()?;
+        if self.learner.max_buffered_groups < self.training.prompts_per_step {
+            return Err(LearnerError::config(
+                "learner.max_buffered_groups",
+                format!(
+                    "{} is below training.prompts_per_step ({}): a batch could never fill",
+                    self.learner.max_buffered_groups, self.training.prompts_per_step
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -642,6 +651,14 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("training.gradient_accumulation_steps"),
+            "{err}"
+        );
+
+        let mut config = LearnerConfig::default();
+        config.learner.max_buffered_groups = 4;
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("learner.max_buffered_groups"),
             "{err}"
         );
 

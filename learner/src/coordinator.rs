@@ -347,18 +347,14 @@ impl Coordinator {
         }
     }
 
-    /// Records a trained batch: the new adapter version and step.
-    pub fn batch_trained(&self, adapter_version: u64, step: u64, skipped_steps: u64) {
+    /// Records where training stands (after each batch, and on start after a resume):
+    /// adapter version, step and skipped steps; the batch in training is done.
+    pub fn set_progress(&self, adapter_version: u64, step: u64, skipped_steps: u64) {
         let mut state = self.lock();
         state.adapter_version = adapter_version;
         state.step = step;
         state.skipped_steps = skipped_steps;
         state.in_training.clear();
-    }
-
-    /// Sets the version and step on start (after a resume).
-    pub fn set_progress(&self, adapter_version: u64, step: u64, skipped_steps: u64) {
-        self.batch_trained(adapter_version, step, skipped_steps);
     }
 
     /// Ends training: the trainer's next wait returns `None`, workers hear `finished`.

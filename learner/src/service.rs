@@ -285,7 +285,7 @@ impl<P: TrainablePolicy + 'static> TrainingRun<P> {
             }
             let state = self.learner.state().clone();
             self.coordinator
-                .batch_trained(state.adapter_version, state.step, state.skipped_steps);
+                .set_progress(state.adapter_version, state.step, state.skipped_steps);
             if state.adapter_version != version_before {
                 self.publish(runtime)?;
             }

@@ -220,8 +220,8 @@ impl<P: TrainablePolicy> Learner<P> {
                 .sum(),
             max_len: grpo_config.max_new_tokens,
         };
-        let teacher_tokens: usize = teacher.iter().map(|ex| ex.target_tokens.len()).sum();
-        let self_tokens: usize = self_sft.iter().map(|ex| ex.target_tokens.len()).sum();
+        let teacher_tokens = scored_tokens(&teacher_sequences);
+        let self_tokens = scored_tokens(&self_sequences);
         let trained_tokens = grpo_scale.tokens + teacher_tokens + self_tokens;
 
         let micro = training.gradient_accumulation_steps;
@@ -396,8 +396,8 @@ impl<P: TrainablePolicy> Learner<P> {
                 entropy: (sums.grpo_tokens > 0.0).then(|| sums.entropy / grpo_tokens),
                 grad_norm,
                 lr,
-                teacher_examples: teacher.len(),
-                self_sft_examples: self_sft.len(),
+                teacher_examples: teacher_sequences.len(),
+                self_sft_examples: self_sequences.len(),
                 tokens: trained_tokens,
                 tokens_per_s: trained_tokens as f64 / step_seconds.max(1e-9),
                 step_seconds,
@@ -536,6 +536,14 @@ fn joined(prompt: &[u32], completion: &[u32]) -> TokenSequence {
         tokens,
         score_from: prompt.len(),
     }
+}
+
+/// Tokens scored (trained on) in `sequences`.
+fn scored_tokens(sequences: &[TokenSequence]) -> usize {
+    sequences
+        .iter()
+        .map(|sequence| sequence.tokens.len() - sequence.score_from)
+        .sum()
 }
 
 fn sft_sequences(examples: &[SftExample]) -> Vec<TokenSequence> {
