@@ -1,20 +1,19 @@
 # tgrpo executor harness: the fork-server ("zygote") of one sandbox slot, the trusted
 # test process T and the untrusted program process U.
 #
-# This file is embedded in the tgrpo-executor crate and started by the worker as
-# `python3 -I -S -B -c <this file>`, with an empty environment, fd 0/1 as the control
-# channel to the worker and fd 2 as its log. The design and threat model are documented
-# in the crate docs (executor-worker/src/lib.rs); the short version:
+# Embedded in the tgrpo-executor crate, written to a root-only temporary directory and
+# started by the worker as `python3 -I -S -B harness.py` with an empty environment, fd
+# 0/1 as the control channel to the worker and fd 2 as its log. The design and threat
+# model are documented in the crate docs (executor-worker/src/lib.rs); in short:
 #
-#   worker ──frames── zygote (root, this slot's namespaces, never runs untrusted code)
-#                        │ fork per execution
-#                        T  trusted tester: own uid; runs setup code and each test
-#                        │  statement with its own pristine builtins; reports results
-#                        │  on a pipe only it holds
-#                        │ unshare(pid, mount, ipc) + fork
-#                        U  untrusted: pid 1 of a fresh pid namespace, another uid,
-#                           seccomp, rlimits; runs the program, then only answers
-#                           T's calls over a socket, with DATA-ONLY values
+#   worker --frames-- zygote (root, this slot's mount/net/uts namespaces, never runs
+#                      |  |   untrusted code)
+#       fork per job   |  |  clone(NEWPID|NEWNS|NEWIPC) per job
+#                      T  U
+#   T: trusted tester, own uid, runs setup code and each test statement with its own
+#      pristine builtins, reports results on a pipe only it holds.
+#   U: the program: pid 1 of its pid namespace, another uid, seccomp, rlimits; runs
+#      the program, then only answers T's calls over a socket, with DATA-ONLY values.
 #
 # Everything U sends is decoded by T into plain data (or opaque handles), and T compares
 # with its own `==`; U can choose the return values of its functions, nothing more.

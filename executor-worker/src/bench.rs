@@ -42,12 +42,20 @@ pub struct RunnerResult {
     pub passed: usize,
     /// Wall-clock time.
     pub elapsed: Duration,
+    /// CPU time of every process involved (this process, fork-servers, sandboxes or
+    /// interpreters): unlike the rate, it hardly depends on what else the machine runs.
+    pub cpu: Duration,
 }
 
 impl RunnerResult {
     /// Programs per second.
     pub fn rate(&self) -> f64 {
         self.programs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU milliseconds per program.
+    pub fn cpu_ms_per_program(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / self.programs.max(1) as f64
     }
 }
 
@@ -85,21 +93,28 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  pool : {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s",
+            "  pool : {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s, {:>5.2} ms CPU/program",
             self.pool.programs,
             self.pool.passed,
             self.pool.elapsed.as_secs_f64(),
-            self.pool.rate()
+            self.pool.rate(),
+            self.pool.cpu_ms_per_program()
         )?;
         writeln!(
             f,
-            "  naive: {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s (fresh `python3 -I` per program, no sandbox)",
+            "  naive: {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s, {:>5.2} ms CPU/program (fresh `python3 -I` per program, no sandbox)",
             self.naive.programs,
             self.naive.passed,
             self.naive.elapsed.as_secs_f64(),
-            self.naive.rate()
+            self.naive.rate(),
+            self.naive.cpu_ms_per_program()
         )?;
-        write!(f, "  ratio: {:.2}x", self.ratio())
+        write!(
+            f,
+            "  ratio: {:.2}x programs/s ({:.2}x CPU per program)",
+            self.ratio(),
+            self.naive.cpu_ms_per_program() / self.pool.cpu_ms_per_program().max(1e-9)
+        )
     }
 }
 
@@ -135,16 +150,21 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
     scorer.score_many(take(slots * 4)).await?;
 
     let pool_programs = take(options.pool_programs);
+    let cpu_before = own_cpu() + sandbox_cpu(&scorer);
     let started = Instant::now();
     let responses = scorer.score_many(pool_programs).await?;
+    let elapsed = started.elapsed();
+    let cpu = (own_cpu() + sandbox_cpu(&scorer)).saturating_sub(cpu_before);
     let pool = RunnerResult {
         programs: responses.len(),
         passed: responses
             .iter()
             .filter(|response| response.verdict() == Verdict::Passed)
             .count(),
-        elapsed: started.elapsed(),
+        elapsed,
+        cpu,
     };
+    scorer.close().await;
 
     let naive_count = if options.naive_programs == 0 {
         options.pool_programs
@@ -176,6 +196,7 @@ pub async fn run_naive(
     timeout: Duration,
 ) -> Result<RunnerResult, ExecutorError> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let cpu_before = own_cpu() + reaped_children_cpu();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for request in requests {
@@ -204,11 +225,34 @@ pub async fn run_naive(
             passed += 1;
         }
     }
+    let elapsed = started.elapsed();
+    let cpu = (own_cpu() + reaped_children_cpu()).saturating_sub(cpu_before);
     Ok(RunnerResult {
         programs: requests.len(),
         passed,
-        elapsed: started.elapsed(),
+        elapsed,
+        cpu,
     })
+}
+
+/// CPU time of this process (all threads).
+fn own_cpu() -> Duration {
+    crate::sandbox::process_cpu_time(std::process::id(), false).unwrap_or_default()
+}
+
+/// CPU time of this process's children that have been reaped (the naive runner's
+/// interpreters).
+fn reaped_children_cpu() -> Duration {
+    let with = crate::sandbox::process_cpu_time(std::process::id(), true).unwrap_or_default();
+    with.saturating_sub(own_cpu())
+}
+
+/// CPU time of the pool's fork-servers and their executions.
+fn sandbox_cpu(scorer: &Scorer) -> Duration {
+    scorer
+        .pool()
+        .map(|pool| pool.sandbox_cpu_time())
+        .unwrap_or_default()
 }
 
 async fn run_script(python: &Path, script: &str, timeout: Duration) -> Result<bool, ExecutorError> {

@@ -111,6 +111,14 @@ impl Scorer {
         }
     }
 
+    /// The local pool (`None` for remote scorers).
+    pub fn pool(&self) -> Option<&crate::SandboxPool> {
+        match &self.backend {
+            Backend::Local(local) => Some(local.pool()),
+            Backend::Remote(_) => None,
+        }
+    }
+
     /// True when scoring happens in this process.
     pub fn is_local(&self) -> bool {
         matches!(self.backend, Backend::Local(_))

@@ -4,6 +4,8 @@
 
 mod zygote;
 
+pub(crate) use zygote::process_cpu_time;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -252,6 +254,9 @@ struct PoolInner {
     idle: Mutex<Vec<Slot>>,
     permits: Arc<Semaphore>,
     python: PathBuf,
+    harness: PathBuf,
+    /// Holds `harness`; removed with the pool.
+    _harness_dir: tempfile::TempDir,
     zygote_config: ZygoteConfig,
     uid_base: u32,
     limits: SandboxLimits,
@@ -295,6 +300,20 @@ impl SandboxPool {
                 path: std::env::temp_dir(),
                 source,
             })?;
+        // The fork-servers run the harness from a file (readable in `ps`, unlike a
+        // `-c` argument) in a directory only this user can write.
+        let harness_dir = tempfile::Builder::new()
+            .prefix("tgrpo-harness-")
+            .tempdir()
+            .map_err(|source| ExecutorError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let harness = harness_dir.path().join("harness.py");
+        std::fs::write(&harness, zygote::HARNESS).map_err(|source| ExecutorError::Io {
+            path: harness.clone(),
+            source,
+        })?;
         let zygote_config = ZygoteConfig {
             sandbox,
             seccomp: seccomp::program_hex()?,
@@ -321,7 +340,8 @@ impl SandboxPool {
         let starts = (0..slots).map(|index| {
             let slot_config = slot_config(&zygote_config, config.uid_base, index);
             let python = config.python.clone();
-            async move { Zygote::start(index, &python, &slot_config).await }
+            let harness = harness.clone();
+            async move { Zygote::start(index, &python, &harness, &slot_config).await }
         });
         let zygotes = futures::future::try_join_all(starts).await?;
         let slot_isolation = zygotes
@@ -339,6 +359,8 @@ impl SandboxPool {
             idle: Mutex::new(idle),
             permits: Arc::new(Semaphore::new(slots)),
             python: config.python.clone(),
+            harness,
+            _harness_dir: harness_dir,
             zygote_config,
             uid_base: config.uid_base,
             limits: config.limits.clone(),
@@ -360,6 +382,15 @@ impl SandboxPool {
     /// Number of executions that can run at once.
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// CPU time used so far by the idle fork-servers and every execution they have
+    /// finished (for benchmarks: call it while the pool is idle).
+    pub fn sandbox_cpu_time(&self) -> Duration {
+        lock(&self.inner.idle)
+            .iter()
+            .filter_map(|slot| slot.zygote.as_ref().and_then(Zygote::cpu_time))
+            .sum()
     }
 
     /// What the self-check measured inside a sandbox.
@@ -439,7 +470,7 @@ impl PoolInner {
                 Some(zygote) => zygote,
                 None => {
                     let config = slot_config(&self.zygote_config, self.uid_base, slot.index);
-                    Zygote::start(slot.index, &self.python, &config).await?
+                    Zygote::start(slot.index, &self.python, &self.harness, &config).await?
                 }
             };
             let wire = wire_job(job, &self.limits);

@@ -1,4 +1,5 @@
 //! One sandbox slot's fork-server process: a `python3` running `python/harness.py`
+//! (written to a root-only temporary directory when the pool starts)
 //! that has set up the slot's namespaces and root filesystem, holds an initialised
 //! interpreter with the stdlib imported, and forks a fresh tester and program for each
 //! job. It never runs untrusted code itself.
@@ -110,10 +111,12 @@ impl Zygote {
     pub async fn start(
         slot: usize,
         python: &Path,
+        harness: &Path,
         config: &ZygoteConfig,
     ) -> Result<Self, ExecutorError> {
         let mut child = Command::new(python)
-            .args(["-I", "-S", "-B", "-c", HARNESS])
+            .args(["-I", "-S", "-B"])
+            .arg(harness)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -192,11 +195,33 @@ impl Zygote {
         }
     }
 
+    /// CPU time used so far by the fork-server and every execution it has reaped.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.id()?;
+        process_cpu_time(pid, true)
+    }
+
     /// Stops the zygote now (its executions die with it: they hold a parent-death
     /// signal or are in a namespace whose init it kills).
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// User plus system time of a process from `/proc/PID/stat` (and of its reaped
+/// children when `with_children`). The kernel reports it in USER_HZ ticks, which is 100
+/// on every Linux architecture.
+pub(crate) fn process_cpu_time(pid: u32, with_children: bool) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is parenthesised and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |index: usize| fields.get(index).and_then(|v| v.parse::<u64>().ok());
+    // utime, stime, cutime, cstime are fields 14-17, i.e. 11-14 after the name.
+    let mut ticks = tick(11)? + tick(12)?;
+    if with_children {
+        ticks += tick(13)? + tick(14)?;
+    }
+    Some(Duration::from_millis(ticks * 10))
 }
 
 async fn forward_log(slot: usize, stderr: tokio::process::ChildStderr) {
