@@ -8,7 +8,12 @@ use std::path::PathBuf;
 pub enum ExecutorError {
     /// A configuration field is out of range.
     #[error("invalid config field `{field}`: {reason}")]
-    InvalidConfig { field: String, reason: String },
+    InvalidConfig {
+        /// The field, as `section.name`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// The host cannot give the isolation the sandbox needs.
     #[error(
@@ -16,19 +21,32 @@ pub enum ExecutorError {
          root on a kernel with pid/mount/net/ipc/uts namespaces and seccomp, or pass \
          --unsafe-no-sandbox to run untrusted code WITHOUT isolation"
     )]
-    SandboxUnavailable { step: String, reason: String },
+    SandboxUnavailable {
+        /// The set-up step that failed (privileges, namespaces, root filesystem,
+        /// self-check, ...).
+        step: String,
+        /// What the host said.
+        reason: String,
+    },
 
     /// The interpreter could not be started.
     #[error("cannot start {python}: {source}")]
     Spawn {
+        /// The interpreter's path.
         python: PathBuf,
+        /// Why it did not start.
         #[source]
         source: std::io::Error,
     },
 
     /// A sandbox slot's fork-server failed (it is restarted).
     #[error("sandbox slot {slot}: {reason}")]
-    Slot { slot: usize, reason: String },
+    Slot {
+        /// The slot's index.
+        slot: usize,
+        /// What went wrong.
+        reason: String,
+    },
 
     /// The pool was shut down while the request waited.
     #[error("the executor pool is shut down")]
@@ -40,7 +58,12 @@ pub enum ExecutorError {
 
     /// An executor endpoint is not a usable address.
     #[error("bad executor endpoint `{endpoint}`: {reason}")]
-    BadEndpoint { endpoint: String, reason: String },
+    BadEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it is unusable.
+        reason: String,
+    },
 
     /// A client was built without endpoints.
     #[error("no executor endpoints given")]
@@ -49,19 +72,29 @@ pub enum ExecutorError {
     /// Every attempt failed; the last failure is reported.
     #[error("scoring failed after {attempts} attempts; last error from {endpoint}: {status}")]
     AttemptsExhausted {
+        /// Attempts made.
         attempts: usize,
+        /// The endpoint of the last attempt.
         endpoint: String,
+        /// Its gRPC status.
         status: String,
     },
 
     /// An endpoint rejected the request as invalid (not retried).
     #[error("executor {endpoint} rejected the request: {message}")]
-    Rejected { endpoint: String, message: String },
+    Rejected {
+        /// The endpoint that rejected it.
+        endpoint: String,
+        /// Its explanation.
+        message: String,
+    },
 
     /// The gRPC server failed.
     #[error("executor service on {address}: {source}")]
     Serve {
+        /// The address served.
         address: String,
+        /// The transport's error.
         #[source]
         source: tonic::transport::Error,
     },
@@ -69,7 +102,9 @@ pub enum ExecutorError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -77,8 +112,11 @@ pub enum ExecutorError {
     /// A data file has a malformed line.
     #[error("{path} line {line}: {reason}")]
     BadLine {
+        /// The file.
         path: PathBuf,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with it.
         reason: String,
     },
 }

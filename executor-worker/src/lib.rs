@@ -141,6 +141,7 @@
 //! - [`mbpp`], [`bench`]: data and benchmark for `tgrpo bench executor`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod client;
