@@ -248,6 +248,38 @@ def longest_chain(pairs, n):
             Failed,
         ),
     ];
+    cases.push(mbpp(
+        "threads-and-forks-work",
+        "import threading, os\n\
+         def threaded():\n    \
+             out = []\n    \
+             t = threading.Thread(target=lambda: out.append(1))\n    \
+             t.start()\n    \
+             t.join()\n    \
+             return out\n\
+         def forked():\n    \
+             r, w = os.pipe()\n    \
+             if os.fork() == 0:\n        \
+                 os.write(w, b'hi')\n        \
+                 os._exit(0)\n    \
+             os.wait()\n    \
+             return os.read(r, 2)\n",
+        &["assert threaded() == [1]", "assert forked() == b'hi'"],
+        Passed,
+    ));
+    cases.push(mbpp(
+        "large-and-deep-values",
+        "import sys\nsys.setrecursionlimit(5000)\n\
+         def big(n):\n    return list(range(n))\n\
+         def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n\
+         def nested(n):\n    x = []\n    for _ in range(n):\n        x = [x]\n    return x\n",
+        &[
+            "assert big(200000) == list(range(200000))",
+            "assert depth(3000) == 3000",
+            "assert nested(50) == eval('[' * 51 + ']' * 51)",
+        ],
+        Passed,
+    ));
     // Set iteration order as in one CPython process (MBPP 341 relies on it).
     cases.push(mbpp(
         "set-order-as-in-cpython",
