@@ -240,11 +240,30 @@ impl PromptScheduler {
             return Answer::Duplicate;
         }
         match self.outstanding.remove(&id) {
-            Some((item, _)) => {
+            Some((item, holder)) => {
                 self.answered.insert(id);
+                if let Some(number) = holder {
+                    self.close_lease_if_done(number);
+                }
                 Answer::Accepted(item)
             }
             None => Answer::Unknown,
+        }
+    }
+
+    /// Forgets a lease once none of its items is held by it any more, so its deadline no
+    /// longer counts (see [`PromptScheduler::next_deadline`]).
+    fn close_lease_if_done(&mut self, number: u64) {
+        let Some(lease) = self.leases.get(&number) else {
+            return;
+        };
+        let still_held = lease.items.iter().any(|id| {
+            self.outstanding
+                .get(id)
+                .is_some_and(|(_, holder)| *holder == Some(number))
+        });
+        if !still_held {
+            self.leases.remove(&number);
         }
     }
 
@@ -286,7 +305,8 @@ impl PromptScheduler {
         self.fresh_exhausted() && self.outstanding.is_empty()
     }
 
-    /// The earliest lease deadline, if any lease is open (to know when to look again).
+    /// The earliest deadline of a lease that still holds unanswered items (to know when
+    /// to look again).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.leases.values().map(|lease| lease.deadline).min()
     }
@@ -428,6 +448,7 @@ mod tests {
             Answer::Unknown
         );
         // Its second lease expired too, but answered items are not re-issued.
+        assert!(schedule.next_deadline().is_some());
         let fourth = schedule.lease(10, start + Duration::from_secs(30)).unwrap();
         assert!(!ids(&fourth).contains(&first.items[1].id));
         assert!(!ids(&fourth).contains(&first.items[0].id));
@@ -463,9 +484,11 @@ mod tests {
             &snapshot.redo.iter().map(|i| i.id).collect::<Vec<_>>()[..]
         );
         assert_eq!(restored.lease(1, now), None);
+        assert!(restored.next_deadline().is_some());
         for id in handed {
             assert!(matches!(restored.answer(id), Answer::Accepted(_)));
         }
         assert!(restored.is_complete());
+        assert_eq!(restored.next_deadline(), None, "answered leases are closed");
     }
 }
