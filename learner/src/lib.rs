@@ -21,7 +21,7 @@
 //! - [`service`]: [`TrainingRun`] (training thread, checkpoints, adapter publication) and
 //!   the gRPC `Learner` service.
 //! - [`role`]: the `tgrpo learner` role from its config ([`run`]).
-//! - [`bench`]: the learner-step benchmark behind `tgrpo bench learner`.
+//! - [`bench`](mod@bench): the learner-step benchmark behind `tgrpo bench learner`.
 //! - `testing` (feature `testing`): a microsecond-fast toy policy for tests of code that
 //!   drives a learner.
 
