@@ -35,9 +35,9 @@ pub enum RolloutError {
     Policy {
         /// What was being done (loading `PATH`, generating for task `ID`, ...).
         context: String,
-        /// The policy crate's error.
+        /// The policy crate's error (boxed: candle's errors are large).
         #[source]
-        source: PolicyError,
+        source: Box<PolicyError>,
     },
 
     /// Scoring failed for good (infrastructure, not a bad program) after the configured
@@ -50,7 +50,7 @@ pub enum RolloutError {
         attempts: u32,
         /// The last error.
         #[source]
-        source: ExecutorError,
+        source: Box<ExecutorError>,
     },
 
     /// The executor answered, but not with one response per request in order.
@@ -64,7 +64,7 @@ pub enum RolloutError {
 
     /// Starting the executor client or local pool failed.
     #[error("executor setup")]
-    Executor(#[from] ExecutorError),
+    Executor(#[source] Box<ExecutorError>),
 
     /// The learner endpoint cannot be used (bad URI).
     #[error("invalid learner endpoint `{endpoint}`: {reason}")]
@@ -77,7 +77,7 @@ pub enum RolloutError {
 
     /// The adapter broadcast could not be set up (bad config or run id).
     #[error("adapter broadcast")]
-    Broadcast(#[from] BroadcastError),
+    Broadcast(#[source] Box<BroadcastError>),
 
     /// The generation thread died (a panic in the model code).
     #[error("generation thread failed: {0}")]
@@ -101,8 +101,20 @@ impl RolloutError {
     pub fn policy(context: impl Into<String>, source: PolicyError) -> Self {
         Self::Policy {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
+    }
+}
+
+impl From<ExecutorError> for RolloutError {
+    fn from(error: ExecutorError) -> Self {
+        Self::Executor(Box::new(error))
+    }
+}
+
+impl From<BroadcastError> for RolloutError {
+    fn from(error: BroadcastError) -> Self {
+        Self::Broadcast(Box::new(error))
     }
 }
 

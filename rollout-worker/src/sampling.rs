@@ -806,7 +806,7 @@ async fn score_with_retry(
                     return Err(RolloutError::Scoring {
                         requests: ids.len(),
                         attempts: failures,
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 let delay = backoff.next_delay();

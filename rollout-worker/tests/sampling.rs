@@ -54,8 +54,11 @@ fn partial_rewards() -> SamplerConfig {
     }
 }
 
-/// (tokens, logprobs, reward) of every sample, task by task.
-fn fingerprint(batch: &tgrpo_rollout::SampledBatch) -> Vec<Vec<(Vec<u32>, Vec<f32>, f64)>> {
+/// What identifies a sample: its tokens, behaviour log-probs and reward.
+type Fingerprint = (Vec<u32>, Vec<f32>, f64);
+
+/// The fingerprint of every sample, task by task.
+fn fingerprint(batch: &tgrpo_rollout::SampledBatch) -> Vec<Vec<Fingerprint>> {
     batch
         .tasks
         .iter()

@@ -7,7 +7,7 @@
 //! `[broadcast]` and `[executor]` when present), then each flag or `TGRPO_*` variable
 //! given overrides one field.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -187,7 +187,7 @@ type Sections = (
     Option<ExecutorConfig>,
 );
 
-fn read_config(path: &PathBuf) -> anyhow::Result<Sections> {
+fn read_config(path: &Path) -> anyhow::Result<Sections> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read rollout config {}", path.display()))?;
     let mut table: toml::Table =
@@ -195,7 +195,7 @@ fn read_config(path: &PathBuf) -> anyhow::Result<Sections> {
     fn section<T: serde::de::DeserializeOwned>(
         table: &mut toml::Table,
         name: &str,
-        path: &PathBuf,
+        path: &Path,
     ) -> anyhow::Result<Option<T>> {
         match table.remove(name) {
             Some(toml::Value::Table(section)) => section

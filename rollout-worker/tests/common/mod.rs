@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tgrpo_dataset::{Problem, TestFormat};
 use tgrpo_executor::{ExecutorConfig, Scorer, proto as xpb, requests};
@@ -15,12 +16,18 @@ use tgrpo_rollout::testing::{ScriptedModel, write_scripted_model};
 /// The program the scripted model writes: one line, every token distinct.
 pub const ANSWER: &str = "def f(x): return 1";
 
-/// An executor config whose sandbox uids no other test process uses (tests run in
-/// parallel processes; the range is picked from the process id).
+/// Pools started by this process so far: each gets its own uids, so pools of tests that
+/// share a process (`cargo test` runs them as threads) do not share uids either.
+static POOLS: AtomicU32 = AtomicU32::new(0);
+
+/// An executor config whose sandbox uids no other pool uses: 64 uids per test process
+/// (picked from the process id, as the executor's own tests do), 8 per pool.
 pub fn executor_config(slots: usize) -> ExecutorConfig {
+    assert!(slots <= 4, "8 uids per pool hold at most 4 slots");
+    let pool = POOLS.fetch_add(1, Ordering::Relaxed) % 8;
     ExecutorConfig {
         slots,
-        uid_base: 3_000_000 + (std::process::id() % 100_000) * 64,
+        uid_base: 3_000_000 + (std::process::id() % 100_000) * 64 + pool * 8,
         ..ExecutorConfig::default()
     }
 }
