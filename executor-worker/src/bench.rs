@@ -45,6 +45,9 @@ pub struct RunnerResult {
     /// CPU time of every process involved (this process, fork-servers, sandboxes or
     /// interpreters): unlike the rate, it hardly depends on what else the machine runs.
     pub cpu: Duration,
+    /// Of `cpu`, the part spent in this process (the worker: queueing, wire formats,
+    /// bookkeeping) rather than in python processes.
+    pub worker_cpu: Duration,
 }
 
 impl RunnerResult {
@@ -93,12 +96,13 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  pool : {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s, {:>5.2} ms CPU/program",
+            "  pool : {:>5} programs ({:>4} passed) in {:>7.2} s = {:>7.1} programs/s, {:>5.2} ms CPU/program ({:.2} in the worker)",
             self.pool.programs,
             self.pool.passed,
             self.pool.elapsed.as_secs_f64(),
             self.pool.rate(),
-            self.pool.cpu_ms_per_program()
+            self.pool.cpu_ms_per_program(),
+            self.pool.worker_cpu.as_secs_f64() * 1000.0 / self.pool.programs.max(1) as f64
         )?;
         writeln!(
             f,
@@ -150,11 +154,13 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
     scorer.score_many(take(slots * 4)).await?;
 
     let pool_programs = take(options.pool_programs);
-    let cpu_before = own_cpu() + sandbox_cpu(&scorer);
+    let own_before = own_cpu();
+    let sandbox_before = sandbox_cpu(&scorer);
     let started = Instant::now();
     let responses = scorer.score_many(pool_programs).await?;
     let elapsed = started.elapsed();
-    let cpu = (own_cpu() + sandbox_cpu(&scorer)).saturating_sub(cpu_before);
+    let worker_cpu = own_cpu().saturating_sub(own_before);
+    let cpu = worker_cpu + sandbox_cpu(&scorer).saturating_sub(sandbox_before);
     let pool = RunnerResult {
         programs: responses.len(),
         passed: responses
@@ -163,6 +169,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, ExecutorError> {
             .count(),
         elapsed,
         cpu,
+        worker_cpu,
     };
     scorer.close().await;
 
@@ -196,7 +203,8 @@ pub async fn run_naive(
     timeout: Duration,
 ) -> Result<RunnerResult, ExecutorError> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let cpu_before = own_cpu() + reaped_children_cpu();
+    let own_before = own_cpu();
+    let cpu_before = own_before + reaped_children_cpu();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for request in requests {
@@ -226,12 +234,14 @@ pub async fn run_naive(
         }
     }
     let elapsed = started.elapsed();
+    let worker_cpu = own_cpu().saturating_sub(own_before);
     let cpu = (own_cpu() + reaped_children_cpu()).saturating_sub(cpu_before);
     Ok(RunnerResult {
         programs: requests.len(),
         passed,
         elapsed,
         cpu,
+        worker_cpu,
     })
 }
 
