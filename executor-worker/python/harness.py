@@ -143,7 +143,6 @@ def fd_read_frame(fd):
 _DICT_KEYS = type({}.keys())
 _DICT_VALUES = type({}.values())
 _DICT_ITEMS = type({}.items())
-_BUILTIN_FUNCTION = types.BuiltinFunctionType
 _ALLOWED_BUILTINS = {
     name: value
     for name, value in vars(builtins).items()
