@@ -1549,12 +1549,44 @@ class Capture:
             self.dropped += len(data)
 
 
-def _reap(pid):
+def _try_reap(pid):
+    """The exit status of `pid` if it has exited, reaping it; None if it still runs."""
     try:
-        _, status = os.waitpid(pid, 0)
-        return status
+        reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return None
+    return status if reaped == pid else None
+
+
+# Killed processes not yet reaped. Tearing down a pid namespace and a mount namespace
+# takes the kernel an RCU grace period (up to milliseconds): the zygote does not wait for
+# that between a result and the next job, but reaps these in the background. A killed
+# process runs no more user code, and a pid cannot be reused before it is reaped.
+DYING = []
+
+
+def reap_dying(block):
+    """Reaps the killed processes that have finished exiting (all of them if block)."""
+    still = []
+    for pid in DYING:
+        try:
+            reaped, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if reaped == 0:
+            still.append(pid)
+    DYING[:] = still
+
+
+def read_job(ctl_in):
+    """The next job frame; while killed processes are still exiting, reaps them as they
+    finish instead of blocking (so none lingers as a zombie while the slot is idle)."""
+    while DYING:
+        ready, _, _ = select.select([ctl_in], [], [], 0.05)
+        reap_dying(block=False)
+        if ready:
+            break
+    return fd_read_frame(ctl_in)
 
 
 def _kill(pid):
@@ -1680,18 +1712,22 @@ def run_job(config, pending, raw_job, timeout_s):
             continue
         if type(record) is dict:
             records.append(record)
+    # A program that died on its own (RLIMIT_CPU's SIGXCPU, a crash) is reaped now so
+    # that its status can be reported.
+    u_status = _try_reap(u_pid)
     # End the execution: U first (pid 1 of its namespace: every descendant dies with it),
     # then T. Both are the zygote's own children and unreaped until here, so neither
     # pid can have been reused.
-    if not config["sandbox"]:
-        try:
-            os.killpg(u_pid, SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    _kill(u_pid)
+    if u_status is None:
+        if not config["sandbox"]:
+            try:
+                os.killpg(u_pid, SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _kill(u_pid)
+        DYING.append(u_pid)
     _kill(t_pid)
-    t_status = _reap(t_pid)
-    u_status = _reap(u_pid)
+    DYING.append(t_pid)
     # Drain what is left. In a sandbox every writer is dead now, so this ends at EOF
     # at once; without one, an escaped descendant may hold the pipe: stop after 1 s.
     drain_deadline = time.monotonic() + 1.0
@@ -1711,13 +1747,6 @@ def run_job(config, pending, raw_job, timeout_s):
                 streams[fd].feed(data)
     for fd in (out_r, err_r, res_r):
         os.close(fd)
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
     if not config["sandbox"]:
         import shutil
 
@@ -1726,7 +1755,6 @@ def run_job(config, pending, raw_job, timeout_s):
         "records": records,
         "timed_out": timed_out,
         "elapsed_ms": elapsed_ms,
-        "tester_status": t_status,
         "program_status": u_status,
         "stdout_dropped": out.dropped,
         "stderr_dropped": err.dropped,
@@ -1774,7 +1802,7 @@ def main():
     fd_write_frame(ctl_out, json.dumps({"ok": True, "isolation": isolation}).encode())
     pending = prefork(config)
     while True:
-        raw = fd_read_frame(ctl_in)
+        raw = read_job(ctl_in)
         if raw is None:
             return
         timeout_s = json.loads(raw)["timeout_s"]
@@ -1784,6 +1812,7 @@ def main():
         fd_write_frame(ctl_out, stderr)
         # The next execution sets itself up while the worker reads this result.
         pending = prefork(config)
+        reap_dying(block=len(DYING) > 64)
 
 
 if __name__ == "__main__":

@@ -563,12 +563,6 @@ fn parse_outcome(
         .program_status
         .is_some_and(|status| status & 0x7f == libc::SIGXCPU);
     let timed_out = (wire.timed_out && !finished) || (cpu_limit_hit && !all_passed(&tests));
-    if wire
-        .tester_status
-        .is_some_and(|status| status != 0 && status & 0x7f != libc::SIGKILL)
-    {
-        tracing::debug!(status = ?wire.tester_status, "test process exited abnormally");
-    }
     ExecutionOutcome {
         tests,
         syntax_error,

@@ -90,7 +90,6 @@ pub(crate) struct WireOutcome {
     pub records: Vec<serde_json::Value>,
     pub timed_out: bool,
     pub elapsed_ms: u64,
-    pub tester_status: Option<i32>,
     pub program_status: Option<i32>,
     pub stdout_dropped: u64,
     pub stderr_dropped: u64,
