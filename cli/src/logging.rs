@@ -16,19 +16,28 @@ pub enum LogFormat {
 /// Logging flags shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct LoggingArgs {
-    /// Log filter in `RUST_LOG` syntax (e.g. `info`, `tgrpo_executor=debug`).
-    #[arg(long, env = "TGRPO_LOG", default_value = "info", global = true)]
-    pub log_level: String,
+    /// Log filter in `RUST_LOG` syntax (e.g. `info`, `tgrpo_executor=debug`) [default:
+    /// info; warn for `tgrpo local`, whose summary is the output].
+    #[arg(long, env = "TGRPO_LOG", global = true)]
+    pub log_level: Option<String>,
 
     /// Log line format.
-    #[arg(long, env = "TGRPO_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "TGRPO_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
-/// Installs the global subscriber; call once, before anything logs.
-pub fn init(args: &LoggingArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log_level)
-        .map_err(|err| anyhow::anyhow!("invalid --log-level {:?}: {err}", args.log_level))?;
+/// Installs the global subscriber; call once, before anything logs. `default_level`
+/// applies when no level was given.
+pub fn init(args: &LoggingArgs, default_level: &str) -> anyhow::Result<()> {
+    let level = args.log_level.as_deref().unwrap_or(default_level);
+    let filter = EnvFilter::try_new(level)
+        .map_err(|err| anyhow::anyhow!("invalid --log-level {level:?}: {err}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -45,11 +45,34 @@ enum Command {
     /// The learner: train the LoRA adapter on scored groups, teacher traces and the
     /// policy's best samples; serve prompts; publish adapters.
     Learner(commands::learner::LearnerArgs),
+    /// The data stage: MBPP into data/mbpp_{train,validation,test}.jsonl (resumes).
+    Data(commands::data::DataArgs),
+    /// The train stage in local mode: learner, rollout workers, executors in one process.
+    Train(commands::train::TrainArgs),
+    /// The eval stage: n samples per problem, unbiased pass@k (base model or + adapter).
+    Eval(commands::eval::EvalArgs),
+    /// data, synthesis, train and eval in order (each resumes).
+    All(commands::local::AllArgs),
+    /// The demo (no --config): the whole pipeline on a tiny built-in model and problem
+    /// set, on CPU, in minutes; with --config, that run in local mode. Prints pass@k
+    /// before and after training.
+    Local(commands::local::LocalArgs),
+}
+
+impl Command {
+    /// The log level when neither --log-level nor TGRPO_LOG says: the demo keeps its
+    /// output readable, the roles and stages log their progress.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Local(_) => "warn",
+            _ => "info",
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    logging::init(&cli.logging)?;
+    logging::init(&cli.logging, cli.command.default_log_level())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -849,6 +849,17 @@ impl TgrpoConfig {
     /// then `overrides` (later layers win). Derived keys are filled in; the result is not
     /// validated (call [`TgrpoConfig::validate`]).
     pub fn load(file: Option<&Path>, env: &dyn EnvSource, overrides: &[Override]) -> Result<Self> {
+        Self::load_over(&Self::default(), file, env, overrides)
+    }
+
+    /// Like [`TgrpoConfig::load`], with `base` in place of the defaults (the demo's
+    /// config under `tgrpo local`, for instance).
+    pub fn load_over(
+        base: &TgrpoConfig,
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        overrides: &[Override],
+    ) -> Result<Self> {
         let mut layers = Layers::default();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -862,7 +873,7 @@ impl TgrpoConfig {
             })?;
             layers.merge_file(table, &origin);
         }
-        Self::from_layers(layers, env, overrides)
+        Self::from_layers(base, layers, env, overrides)
     }
 
     /// Parses a TOML document (no environment, no overrides); `origin` names it in errors.
@@ -873,17 +884,18 @@ impl TgrpoConfig {
         })?;
         let mut layers = Layers::default();
         layers.merge_file(table, origin);
-        Self::from_layers(layers, &NoEnv, &[])
+        Self::from_layers(&Self::default(), layers, &NoEnv, &[])
     }
 
     fn from_layers(
+        base: &TgrpoConfig,
         mut layers: Layers,
         env: &dyn EnvSource,
         overrides: &[Override],
     ) -> Result<Self> {
-        let defaults = match toml::Value::try_from(Self::default()) {
+        let defaults = match toml::Value::try_from(base) {
             Ok(toml::Value::Table(table)) => table,
-            other => unreachable!("the defaults serialize to a table: {other:?}"),
+            other => unreachable!("a config serializes to a table: {other:?}"),
         };
         let mut variables = env.vars();
         variables.sort();

@@ -11,7 +11,19 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod data;
+pub mod demo;
+pub mod error;
+pub mod eval;
+pub mod link;
+pub mod local;
+pub mod model;
 pub mod passk;
+pub mod progress;
 pub mod report;
+pub mod synthesis;
+pub mod train;
 
 pub use config::{ConfigError, EnvSource, Override, ProcessEnv, TgrpoConfig};
+pub use error::{PipelineError, Result};
+pub use train::{StageOptions, TrainReport, train};

@@ -7,14 +7,19 @@ pub mod bench_executor;
 pub mod bench_learner;
 pub mod check;
 mod check_teacher;
+pub mod data;
+pub mod eval;
 pub mod executor;
 pub mod learner;
+pub mod local;
 pub mod rollout;
+mod run_config;
 mod sandbox_args;
 pub mod score;
 pub mod synthesis;
 mod teacher_args;
 pub mod teacher_proxy;
+pub mod train;
 
 use crate::Command;
 
@@ -29,5 +34,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::TeacherProxy(args) => teacher_proxy::run(args).await,
         Command::Rollout(args) => rollout::run(args).await,
         Command::Learner(args) => learner::run(args).await,
+        Command::Data(args) => data::run(args).await,
+        Command::Train(args) => train::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
+        Command::All(args) => local::run_all(args).await,
+        Command::Local(args) => local::run_local(args).await,
     }
 }
