@@ -26,6 +26,9 @@ pub(crate) const MAX_ROWS: usize = 32;
 /// Weight rows per parallel task (a block of a few hundred KB of weights).
 const ROWS_PER_TASK: usize = 32;
 
+/// Multiply-adds below which a call runs on the calling thread.
+const SEQUENTIAL_WORK: usize = 1 << 18;
+
 /// One weight matrix of a [`fused_linear`] call.
 pub(crate) struct Segment<'a> {
     /// `(n, k)`.
@@ -125,23 +128,29 @@ pub(crate) fn fused_linear(
             j0 += rows;
         }
     }
-    let blocks: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(seg, j0, rows)| {
-            let plan = &plans[seg];
-            let mut out = vec![0f32; rows * m];
-            Arch::new().dispatch(Block {
-                x: x_data,
-                m,
-                k,
-                plan,
-                j0,
-                rows,
-                out: &mut out,
-            });
-            out
-        })
-        .collect();
+    let run = |&(seg, j0, rows): &(usize, usize, usize)| {
+        let plan = &plans[seg];
+        let mut out = vec![0f32; rows * m];
+        Arch::new().dispatch(Block {
+            x: x_data,
+            m,
+            k,
+            plan,
+            j0,
+            rows,
+            out: &mut out,
+        });
+        out
+    };
+    // Small calls (the LoRA A matrices, tiny models) stay on this thread: waking the pool
+    // costs more than the work, and on a loaded machine a parallel region can wait a whole
+    // scheduler slice for a descheduled worker.
+    let weight_elems: usize = plans.iter().map(|p| p.n * k).sum();
+    let blocks: Vec<Vec<f32>> = if weight_elems * m <= SEQUENTIAL_WORK {
+        tasks.iter().map(run).collect()
+    } else {
+        tasks.par_iter().map(run).collect()
+    };
     let mut outputs: Vec<Vec<f32>> = plans.iter().map(|p| vec![0f32; m * p.n]).collect();
     for (&(seg, j0, rows), block) in tasks.iter().zip(&blocks) {
         let n = plans[seg].n;

@@ -417,6 +417,16 @@ impl Model {
             }
         }
         stats.decode_secs = decode_start.elapsed().as_secs_f64();
+        tracing::debug!(
+            requests = requests.len(),
+            prefills = stats.prefills,
+            prefill_tokens = stats.prefill_tokens,
+            prefill_secs = stats.prefill_secs,
+            decode_steps = stats.decode_steps,
+            decode_row_steps = stats.decode_row_steps,
+            decode_secs = stats.decode_secs,
+            "generated"
+        );
         let generations = done
             .into_iter()
             .map(|g| g.expect("every row finished"))

@@ -381,3 +381,14 @@ fn adapter_swaps_are_atomic_for_concurrent_samplers() {
     );
     assert_eq!(policy.adapter_slot().version(), before);
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    // Rollout workers move these into blocking tasks and share them across threads.
+    fn shared<T: Send + Sync + Clone>() {}
+    shared::<Policy>();
+    shared::<Model>();
+    shared::<LoraAdapter>();
+    shared::<TrainableAdapter>();
+    shared::<tgrpo_policy::AdapterSlot>();
+}
