@@ -45,6 +45,8 @@ enum Command {
     /// The learner: train the LoRA adapter on scored groups, teacher traces and the
     /// policy's best samples; serve prompts; publish adapters.
     Learner(commands::learner::LearnerArgs),
+    /// Print the effective run config (file, TGRPO_SECTION__KEY variables, --set) as TOML.
+    Config(commands::config::ConfigCommandArgs),
     /// The data stage: MBPP into data/mbpp_{train,validation,test}.jsonl (resumes).
     Data(commands::data::DataArgs),
     /// The train stage in local mode: learner, rollout workers, executors in one process.

@@ -1064,9 +1064,31 @@ impl TgrpoConfig {
         }
     }
 
-    /// The whole config as TOML (what a run records next to its outputs).
+    /// The whole config as TOML (what a run records next to its outputs), without the
+    /// derived keys, so that the text loads back as a config file.
     pub fn to_toml_string(&self) -> String {
-        toml::to_string(self).expect("every section serializes to TOML")
+        let mut table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(table)) => table,
+            other => unreachable!("a config serializes to a table: {other:?}"),
+        };
+        let mut derived: Vec<&str> = DERIVED_KEYS.iter().map(|(key, _)| *key).collect();
+        // Keys that follow their source unless set: left out when they do follow it.
+        if self.learner.prompts_path == self.data.train_path()
+            && self.learner.prompts_format == PromptsFormat::Mbpp
+        {
+            derived.extend(["learner.prompts_path", "learner.prompts_format"]);
+        }
+        if self.dual_source.teacher_traces_path == self.teacher.traces_path {
+            derived.push("dual_source.teacher_traces_path");
+        }
+        for key in derived {
+            if let Some((section, field)) = key.split_once('.')
+                && let Some(toml::Value::Table(section)) = table.get_mut(section)
+            {
+                section.remove(field);
+            }
+        }
+        toml::to_string(&table).expect("every section serializes to TOML")
     }
 
     /// Where the eval stage writes its results.
@@ -1140,19 +1162,15 @@ mod tests {
         let mut config = TgrpoConfig::default();
         config.training.max_steps = Some(7);
         config.evaluation.adapter = Some("outputs/final_model".into());
+        config.model.source = "Qwen/Qwen2.5-Coder-0.5B-Instruct".into();
+        config.sync_derived();
         let text = config.to_toml_string();
-        let parsed = TgrpoConfig::from_toml_str(&text, "round trip");
-        // The serialized form holds the derived keys, which a file may not set.
-        let err = parsed.unwrap_err().to_string();
-        assert!(err.contains("is taken from"), "{err}");
-        // Without them it round-trips.
-        let mut table: toml::Table = toml::from_str(&text).unwrap();
-        for (key, _) in DERIVED_KEYS {
-            let (section, field) = key.split_once('.').unwrap();
-            table[section].as_table_mut().unwrap().remove(field);
-        }
-        let parsed =
-            TgrpoConfig::from_toml_str(&toml::to_string(&table).unwrap(), "round trip").unwrap();
+        assert!(!text.contains("[learner]\nmodel"), "{text}");
+        let parsed = TgrpoConfig::from_toml_str(&text, "round trip").unwrap();
+        assert_eq!(parsed, config);
+        // An explicitly set prompt file survives the trip.
+        config.learner.prompts_path = "elsewhere.jsonl".into();
+        let parsed = TgrpoConfig::from_toml_str(&config.to_toml_string(), "again").unwrap();
         assert_eq!(parsed, config);
     }
 

@@ -24,6 +24,6 @@ pub mod report;
 pub mod synthesis;
 pub mod train;
 
-pub use config::{ConfigError, EnvSource, Override, ProcessEnv, TgrpoConfig};
+pub use config::{ConfigError, EnvSource, NoEnv, Override, ProcessEnv, TgrpoConfig};
 pub use error::{PipelineError, Result};
 pub use train::{StageOptions, TrainReport, train};

@@ -7,6 +7,7 @@ pub mod bench_executor;
 pub mod bench_learner;
 pub mod check;
 mod check_teacher;
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod executor;
@@ -34,6 +35,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::TeacherProxy(args) => teacher_proxy::run(args).await,
         Command::Rollout(args) => rollout::run(args).await,
         Command::Learner(args) => learner::run(args).await,
+        Command::Config(args) => config::run(args).await,
         Command::Data(args) => data::run(args).await,
         Command::Train(args) => train::run(args).await,
         Command::Eval(args) => eval::run(args).await,
