@@ -809,6 +809,11 @@ class Peer:
         """Asks the peer to perform `op`; while waiting, serves the peer's own requests
         (a program calling back a test's lambda). Returns the decoded result or raises
         the peer's exception."""
+        self.send_request(op, *args)
+        return self.wait_reply()
+
+    def send_request(self, op, *args):
+        """Sends a request without waiting for its reply (see `wait_reply`)."""
         if self.dead:
             raise PeerGone("program exited")
         try:
@@ -816,6 +821,10 @@ class Peer:
         except RecursionError:
             raise ValueError("value nested too deeply to send") from None
         self.send(payload)
+
+    def wait_reply(self):
+        """Waits for the reply to the oldest unanswered request, serving the peer's own
+        requests meanwhile."""
         while True:
             message = self.recv()
             head = message[0]
@@ -1010,14 +1019,20 @@ def code_names(code, names):
     return names
 
 
-def prepare_namespace(peer, names, entry_point):
-    """Looks up, in one round trip, every name the tests may need from the program;
-    keeps the handles (functions, classes, objects) and modules for the whole run and
-    plain data for the first test only (the program may change its globals). Decides
-    which of the program's builtin-named globals the tests see."""
-    wanted = sorted(name for name in names if name not in SAFE_MODULES or name in _BUILTIN_NAMES)
+def names_to_prefetch(names):
+    """The names whose values the tests may need from the program (modules excepted:
+    T imports its own)."""
+    return sorted(name for name in names if name not in SAFE_MODULES or name in _BUILTIN_NAMES)
+
+
+def prepare_namespace(peer, wanted, entry_point):
+    """Takes the reply to the `getmany` request sent (pipelined) for `wanted`: every
+    name the tests may need from the program, in one round trip. Keeps the handles
+    (functions, classes, objects) and modules for the whole run and plain data for the
+    first test only (the program may change its globals). Decides which of the
+    program's builtin-named globals the tests see."""
     try:
-        replies = peer.request("getmany", wanted) if wanted else []
+        replies = peer.wait_reply() if wanted else []
     except (ProtocolError, PeerGone):
         raise
     except Exception:
@@ -1372,12 +1387,8 @@ def run_tests(job, t_sock, res_fd):
     tests = job["tests"]
     fmt = job["format"]
     peer = Peer(t_sock, trusted=True, max_frame=job["max_message_bytes"])
-    # U waits, set up and sandboxed, for its program: send it first so that it runs
-    # while the tests compile here.
-    try:
-        peer.send(["job", job["code"], job["cpu_seconds"]])
-    except PeerGone:
-        pass
+    # U got its program straight from the zygote and runs it while the tests compile
+    # here (U never sees the tests or the setup code).
     entry_point = job.get("entry_point") or ""
     # Compile everything up front (while U runs the program): a test that does not
     # compile is an error of that test alone.
@@ -1404,8 +1415,12 @@ def run_tests(job, t_sock, res_fd):
         code_names(setup, names)
     if entry_point:
         names.add(entry_point)
-
+    # Ask for the names now: U answers as soon as the program has run, right after its
+    # status, which saves a round trip.
+    wanted = names_to_prefetch(names)
     try:
+        if wanted:
+            peer.send_request("getmany", wanted)
         status = peer.recv()
     except (PeerGone, ProtocolError) as exc:
         syntax_error = syntax_error_of(job["code"])
@@ -1438,7 +1453,7 @@ def run_tests(job, t_sock, res_fd):
     namespace["__builtins__"] = builtins
     namespace["__name__"] = "__main__"
     try:
-        prepare_namespace(peer, names, entry_point)
+        prepare_namespace(peer, wanted, entry_point)
         if setup is not None:
             exec(setup, namespace)
     except BaseException as exc:
@@ -1468,10 +1483,12 @@ def run_tests(job, t_sock, res_fd):
             outcome = {"t": index, "o": "e", "m": describe(exc)}
         result_line(res_fd, outcome)
         forget_data_lookups()
+    # The zygote ends the execution as soon as it reads "done": output first.
+    _flush_stdio()
     result_line(res_fd, {"done": 1})
 
 
-def program_process(config, out_w, err_w, u_sock, work_dir):
+def program_process(config, out_w, err_w, u_sock, code_r, work_dir):
     """U: pid 1 of fresh pid, mount and ipc namespaces (in a sandbox). Sandboxes itself,
     waits for the program, runs it, then serves T's calls until the channel closes.
     Nothing untrusted runs before the sandbox is complete."""
@@ -1479,7 +1496,8 @@ def program_process(config, out_w, err_w, u_sock, work_dir):
     limits = config["limits"]
     set_process_name("tgrpo-program")
     devnull = os.open("/dev/null", os.O_RDONLY)
-    arrange_fds([devnull, out_w, err_w, u_sock])
+    arrange_fds([devnull, out_w, err_w, u_sock, code_r])
+    code_fd = 4
     if sandbox:
         mount(
             "tmpfs",
@@ -1504,13 +1522,13 @@ def program_process(config, out_w, err_w, u_sock, work_dir):
     sys.argv = [""]
     sock = _socket.socket(fileno=3)
     peer = Peer(sock, trusted=False, max_frame=1 << 62)
-    try:
-        message = peer.recv()
-    except (PeerGone, ProtocolError):
+    cpu_frame = fd_read_frame(code_fd)
+    raw = fd_read_frame(code_fd)
+    if cpu_frame is None or raw is None:
         os._exit(0)
-    if message[0] != "job" or len(message) != 3:
-        os._exit(0)
-    code, cpu_seconds = message[1], message[2]
+    os.close(code_fd)
+    cpu_seconds = int(cpu_frame)
+    code = raw.decode("utf-8", "surrogateescape")
     # The CPU limit depends on the job's time limit; lowering a limit needs no privilege.
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     cpu_seconds = min(cpu_seconds, hard) if hard >= 0 else cpu_seconds
@@ -1540,13 +1558,70 @@ class Capture:
         self.kept = bytearray()
         self.dropped = 0
 
-    def feed(self, data):
+    def feed(self, view):
         room = self.cap - len(self.kept)
         if room > 0:
-            self.kept += data[:room]
-            self.dropped += max(0, len(data) - room)
+            self.kept += view[:room]
+            self.dropped += max(0, len(view) - room)
         else:
-            self.dropped += len(data)
+            self.dropped += len(view)
+
+
+# Every byte of a job (program, tests, results, output) passes through the zygote only
+# in these buffers, which are zeroed after the job: the zygote's memory is what the next
+# programs are forked from, and no program may find another one's tests or code in it.
+SCRATCH = bytearray(1 << 16)
+
+
+def scrub(*buffers):
+    for buffer in buffers:
+        buffer[:] = bytes(len(buffer))
+
+
+def read_into_scratch(fd):
+    """Reads what is available on `fd` into SCRATCH; returns a view of it (empty at
+    EOF), or None when nothing is available."""
+    view = memoryview(SCRATCH)
+    try:
+        count = os.readv(fd, [view])
+    except BlockingIOError:
+        return None
+    return view[:count]
+
+
+def pump(source, sink, length):
+    """Moves a `length`-byte frame from `source` to `sink` through SCRATCH, framed again
+    on `sink`. A sink that is gone (its reader died) is skipped, but the frame is still
+    consumed so that the control channel stays in step."""
+    view = memoryview(SCRATCH)
+    alive = True
+    try:
+        fd_write_all(sink, HEADER.pack(length))
+    except OSError:
+        alive = False
+    while length:
+        count = os.readv(source, [view[: min(length, len(view))]])
+        if count == 0:
+            raise EOFError("control channel closed mid-frame")
+        if alive:
+            try:
+                fd_write_all(sink, view[:count])
+            except OSError:
+                alive = False
+        length -= count
+    return alive
+
+
+def read_length(fd):
+    head = fd_read_exact(fd, 4)
+    if head is None:
+        return None
+    return HEADER.unpack(head)[0]
+
+
+def write_buffer_frame(fd, buffer):
+    fd_write_all(fd, HEADER.pack(len(buffer)))
+    fd_write_all(fd, memoryview(buffer))
 
 
 def _try_reap(pid):
@@ -1559,9 +1634,9 @@ def _try_reap(pid):
 
 
 # Killed processes not yet reaped. Tearing down a pid namespace and a mount namespace
-# takes the kernel an RCU grace period (up to milliseconds): the zygote does not wait for
-# that between a result and the next job, but reaps these in the background. A killed
-# process runs no more user code, and a pid cannot be reused before it is reaped.
+# takes the kernel an RCU grace period (up to milliseconds): the zygote reports the
+# result without waiting for that, reaps in the background while idle, and waits for the
+# rest only before the next program starts. A pid cannot be reused before it is reaped.
 DYING = []
 
 
@@ -1599,15 +1674,16 @@ def _kill(pid):
 class Pending:
     """An execution forked ahead of its job: T and U set up and waiting."""
 
-    __slots__ = ("t_pid", "u_pid", "out_r", "err_r", "res_r", "job_w", "work_dir")
+    __slots__ = ("t_pid", "u_pid", "out_r", "err_r", "res_r", "job_w", "code_w", "work_dir")
 
-    def __init__(self, t_pid, u_pid, out_r, err_r, res_r, job_w, work_dir):
+    def __init__(self, t_pid, u_pid, out_r, err_r, res_r, job_w, code_w, work_dir):
         self.t_pid = t_pid
         self.u_pid = u_pid
         self.out_r = out_r
         self.err_r = err_r
         self.res_r = res_r
         self.job_w = job_w
+        self.code_w = code_w
         self.work_dir = work_dir
 
 
@@ -1630,6 +1706,7 @@ def prefork(config):
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     job_r, job_w = os.pipe()
+    code_r, code_w = os.pipe()
     t_sock, u_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     t_fd, u_fd = t_sock.detach(), u_sock.detach()
     work_dir = "/work"
@@ -1645,25 +1722,40 @@ def prefork(config):
     else:
         u_pid = os.fork()
     if u_pid == 0:
-        _child("program", lambda: program_process(config, out_w, err_w, u_fd, work_dir))
-    for fd in (out_w, err_w, res_w, job_r, t_fd, u_fd):
+        _child(
+            "program",
+            lambda: program_process(config, out_w, err_w, u_fd, code_r, work_dir),
+        )
+    for fd in (out_w, err_w, res_w, job_r, code_r, t_fd, u_fd):
         os.close(fd)
-    return Pending(t_pid, u_pid, out_r, err_r, res_r, job_w, work_dir)
+    return Pending(t_pid, u_pid, out_r, err_r, res_r, job_w, code_w, work_dir)
 
 
-def run_job(config, pending, raw_job, timeout_s):
-    """Hands the job to a pre-forked execution and collects its outcome; returns when
-    every process of the execution is gone."""
+def start_job(ctl_in, pending, header):
+    """Hands a job to a pre-forked execution straight from the control channel: the
+    CPU limit and the program to U, the whole job (tests included) to T only. Returns
+    the start time."""
     started = time.monotonic()
+    try:
+        fd_write_frame(pending.code_w, b"%d" % header["cpu_seconds"])
+    except OSError:
+        pass
+    for sink in (pending.code_w, pending.job_w):
+        length = read_length(ctl_in)
+        if length is None:
+            raise EOFError("control channel closed mid-job")
+        # A reader that died before its job is reported as not finished below.
+        pump(ctl_in, sink, length)
+        os.close(sink)
+    return started
+
+
+def finish_job(config, pending, started, timeout_s):
+    """Collects the outcome of a started job and ends the execution (the killed
+    processes are reaped in the background, see DYING)."""
     deadline = started + timeout_s
     t_pid, u_pid = pending.t_pid, pending.u_pid
     out_r, err_r, res_r = pending.out_r, pending.err_r, pending.res_r
-    try:
-        fd_write_frame(pending.job_w, raw_job)
-    except OSError:
-        # T died before its job (it is reaped below and reported as not finished).
-        pass
-    os.close(pending.job_w)
     cap = config["limits"]["output_bytes"]
     out, err = Capture(cap), Capture(cap)
     results = bytearray()
@@ -1681,9 +1773,8 @@ def run_job(config, pending, raw_job, timeout_s):
             timed_out = True
             break
         for fd, _ in poller.poll(max(1, int(remaining * 1000))):
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
+            data = read_into_scratch(fd)
+            if data is None:
                 continue
             if not data:
                 poller.unregister(fd)
@@ -1698,20 +1789,9 @@ def run_job(config, pending, raw_job, timeout_s):
                 streams[fd].feed(data)
         if timed_out:
             break
-        if b'{"done":1}' in results:
+        if results.find(b'{"done":1}') >= 0:
             break
     elapsed_ms = int((time.monotonic() - started) * 1000)
-    # Parse what T reported (it may have died or been cut off mid-line).
-    records = []
-    for line in bytes(results).split(b"\n"):
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if type(record) is dict:
-            records.append(record)
     # A program that died on its own (RLIMIT_CPU's SIGXCPU, a crash) is reaped now so
     # that its status can be reported.
     u_status = _try_reap(u_pid)
@@ -1728,23 +1808,15 @@ def run_job(config, pending, raw_job, timeout_s):
         DYING.append(u_pid)
     _kill(t_pid)
     DYING.append(t_pid)
-    # Drain what is left. In a sandbox every writer is dead now, so this ends at EOF
-    # at once; without one, an escaped descendant may hold the pipe: stop after 1 s.
-    drain_deadline = time.monotonic() + 1.0
-    while (out_r in open_fds or err_r in open_fds) and time.monotonic() < drain_deadline:
-        for fd, _ in poller.poll(100):
-            if fd == res_r:
-                poller.unregister(fd)
-                continue
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
+    # Take what is in the pipes now. U flushes its output before every reply and T
+    # before "done", so everything written during the tests is there; whatever the
+    # dying processes might still write belongs to no test.
+    for fd in (out_r, err_r):
+        while fd in open_fds:
+            data = read_into_scratch(fd)
             if not data:
-                poller.unregister(fd)
-                open_fds.discard(fd)
-            else:
-                streams[fd].feed(data)
+                break
+            streams[fd].feed(data)
     for fd in (out_r, err_r, res_r):
         os.close(fd)
     if not config["sandbox"]:
@@ -1752,14 +1824,13 @@ def run_job(config, pending, raw_job, timeout_s):
 
         shutil.rmtree(pending.work_dir, ignore_errors=True)
     outcome = {
-        "records": records,
         "timed_out": timed_out,
         "elapsed_ms": elapsed_ms,
         "program_status": u_status,
         "stdout_dropped": out.dropped,
         "stderr_dropped": err.dropped,
     }
-    return outcome, bytes(out.kept), bytes(err.kept)
+    return outcome, results, out.kept, err.kept
 
 
 # ---------------------------------------------------------------------------------------
@@ -1802,17 +1873,36 @@ def main():
     fd_write_frame(ctl_out, json.dumps({"ok": True, "isolation": isolation}).encode())
     pending = prefork(config)
     while True:
+        # Per job: a small header (limits), the program (for U), the job (for T).
         raw = read_job(ctl_in)
         if raw is None:
+            # The worker closed the channel: end the waiting execution and reap every
+            # child before exiting, so that none is left as a zombie for init.
+            for pid in (pending.u_pid, pending.t_pid):
+                _kill(pid)
+                DYING.append(pid)
+            reap_dying(block=True)
             return
-        timeout_s = json.loads(raw)["timeout_s"]
-        outcome, stdout, stderr = run_job(config, pending, raw, timeout_s)
+        header = json.loads(raw)
+        # The previous execution must be gone entirely (its namespace init reaped, so
+        # every descendant too) before this program runs: the slot's network namespace
+        # is shared, and an abstract socket of a dying program must not meet the next
+        # one. This waits only for what remains of the kernel's teardown.
+        reap_dying(block=True)
+        started = start_job(ctl_in, pending, header)
+        # The next execution is forked and sets itself up while this one runs. The
+        # job's bytes are only in the kernel's pipes and in SCRATCH at this point.
+        scrub(SCRATCH)
+        following = prefork(config)
+        outcome, results, stdout, stderr = finish_job(
+            config, pending, started, header["timeout_s"]
+        )
         fd_write_frame(ctl_out, json.dumps(outcome).encode())
-        fd_write_frame(ctl_out, stdout)
-        fd_write_frame(ctl_out, stderr)
-        # The next execution sets itself up while the worker reads this result.
-        pending = prefork(config)
-        reap_dying(block=len(DYING) > 64)
+        for buffer in (results, stdout, stderr):
+            write_buffer_frame(ctl_out, buffer)
+        scrub(results, stdout, stderr, SCRATCH)
+        pending = following
+        reap_dying(block=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ use crate::config::{ExecutorConfig, SandboxLimits};
 use crate::error::ExecutorError;
 use crate::seccomp;
 
-use zygote::{WireJob, WireLimits, Zygote, ZygoteConfig};
+use zygote::{
+    WireJob, WireJobHeader, WireLimits, WireTesterJob, Zygote, ZygoteConfig, ZygoteReply,
+};
 
 /// How the tests of a job are written (mirrors the proto's `TestFormat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,11 +425,11 @@ impl SandboxPool {
     pub async fn close(&self) {
         self.inner.permits.close();
         let idle: Vec<Slot> = std::mem::take(&mut *lock(&self.inner.idle));
-        for slot in idle {
-            if let Some(zygote) = slot.zygote {
-                zygote.kill().await;
-            }
-        }
+        let stops = idle
+            .into_iter()
+            .filter_map(|slot| slot.zygote)
+            .map(Zygote::shutdown);
+        futures::future::join_all(stops).await;
     }
 }
 
@@ -478,9 +480,9 @@ impl PoolInner {
             // fork-server.
             let guard = job.timeout + Duration::from_secs(15);
             match zygote.run(&wire, guard).await {
-                Ok((outcome, stdout, stderr)) => {
+                Ok(reply) => {
                     slot.zygote = Some(zygote);
-                    return Ok(parse_outcome(job, outcome, stdout, stderr));
+                    return Ok(parse_outcome(job, reply));
                 }
                 Err(err) => {
                     tracing::error!(slot = slot.index, %err, "sandbox fork-server failed; restarting it");
@@ -498,26 +500,38 @@ impl PoolInner {
 
 fn wire_job<'a>(job: &'a Job, limits: &SandboxLimits) -> WireJob<'a> {
     WireJob {
+        header: WireJobHeader {
+            timeout_s: job.timeout.as_secs_f64(),
+            cpu_seconds: limits.cpu_seconds_for(job.timeout),
+        },
         code: &job.code,
-        tests: &job.tests,
-        setup_code: &job.setup_code,
-        format: job.format.wire(),
-        entry_point: &job.entry_point,
-        timeout_s: job.timeout.as_secs_f64(),
-        cpu_seconds: limits.cpu_seconds_for(job.timeout),
-        max_message_bytes: limits.max_message_bytes,
+        tester: WireTesterJob {
+            code: &job.code,
+            tests: &job.tests,
+            setup_code: &job.setup_code,
+            format: job.format.wire(),
+            entry_point: &job.entry_point,
+            max_message_bytes: limits.max_message_bytes,
+        },
     }
 }
 
 /// Turns the test process's records into per-test results. Only T writes records
 /// (the program has no access to that pipe), so they are trusted; the parsing is still
 /// strict because T may have been cut off mid-line.
-fn parse_outcome(
-    job: &Job,
-    wire: zygote::WireOutcome,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-) -> ExecutionOutcome {
+fn parse_outcome(job: &Job, reply: ZygoteReply) -> ExecutionOutcome {
+    let ZygoteReply {
+        outcome: wire,
+        results,
+        stdout,
+        stderr,
+    } = reply;
+    // One JSON object per line; a last line cut off by a kill is skipped.
+    let records: Vec<serde_json::Value> = results
+        .split(|&byte| byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
     let not_run = TestRecord {
         status: TestStatus::NotRun,
         message: String::new(),
@@ -526,7 +540,7 @@ fn parse_outcome(
     let mut syntax_error = None;
     let mut program_error = None;
     let mut finished = false;
-    for record in &wire.records {
+    for record in &records {
         let Some(record) = record.as_object() else {
             continue;
         };

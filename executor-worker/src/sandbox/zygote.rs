@@ -6,8 +6,11 @@
 //!
 //! Control protocol on the zygote's stdin/stdout: length-prefixed frames (4-byte
 //! big-endian length). The worker sends one JSON config frame, the zygote answers one
-//! JSON status frame; then, per job, one JSON job frame in and three frames out (the
-//! JSON outcome, the kept stdout bytes, the kept stderr bytes).
+//! JSON status frame; then, per job, three frames in (a JSON header with the limits,
+//! the program for U, the JSON job for T: the zygote only pumps the last two through
+//! a buffer it zeroes, so no job lingers in the memory later programs are forked from)
+//! and four frames out (the JSON outcome, T's result lines, the kept stdout bytes, the
+//! kept stderr bytes).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -57,16 +60,32 @@ struct StartupReply {
 }
 
 /// A job in the zygote's wire format.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub(crate) struct WireJob<'a> {
+    /// For the zygote (the only part it reads): the limits of this job.
+    pub header: WireJobHeader,
+    /// For U: the program, and nothing else.
+    pub code: &'a str,
+    /// For T: everything it needs (U never sees the tests or the setup code).
+    pub tester: WireTesterJob<'a>,
+}
+
+/// The part of a job the zygote itself reads.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireJobHeader {
+    pub timeout_s: f64,
+    /// RLIMIT_CPU of this job's program (lowered from the pool-wide maximum).
+    pub cpu_seconds: u64,
+}
+
+/// The job as T sees it.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireTesterJob<'a> {
     pub code: &'a str,
     pub tests: &'a [String],
     pub setup_code: &'a str,
     pub format: &'static str,
     pub entry_point: &'a str,
-    pub timeout_s: f64,
-    /// RLIMIT_CPU of this job's program (lowered from the pool-wide maximum).
-    pub cpu_seconds: u64,
     pub max_message_bytes: u64,
 }
 
@@ -87,12 +106,20 @@ pub(crate) struct WireLimits {
 /// What the zygote reports about one execution.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireOutcome {
-    pub records: Vec<serde_json::Value>,
     pub timed_out: bool,
     pub elapsed_ms: u64,
     pub program_status: Option<i32>,
     pub stdout_dropped: u64,
     pub stderr_dropped: u64,
+}
+
+/// Everything the zygote reports about one job.
+pub(crate) struct ZygoteReply {
+    pub outcome: WireOutcome,
+    /// T's result lines, as T wrote them (JSON per line).
+    pub results: Vec<u8>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 /// A running fork-server.
@@ -174,16 +201,25 @@ impl Zygote {
         &mut self,
         job: &WireJob<'_>,
         guard: Duration,
-    ) -> std::io::Result<(WireOutcome, Vec<u8>, Vec<u8>)> {
-        let payload = serde_json::to_vec(job).map_err(std::io::Error::other)?;
+    ) -> std::io::Result<ZygoteReply> {
+        let header = serde_json::to_vec(&job.header).map_err(std::io::Error::other)?;
+        let tester = serde_json::to_vec(&job.tester).map_err(std::io::Error::other)?;
         let exchange = async {
-            write_frame(&mut self.stdin, &payload).await?;
+            write_frame(&mut self.stdin, &header).await?;
+            write_frame(&mut self.stdin, job.code.as_bytes()).await?;
+            write_frame(&mut self.stdin, &tester).await?;
             let outcome = read_frame(&mut self.stdout).await?;
+            let results = read_frame(&mut self.stdout).await?;
             let stdout = read_frame(&mut self.stdout).await?;
             let stderr = read_frame(&mut self.stdout).await?;
             let outcome: WireOutcome =
                 serde_json::from_slice(&outcome).map_err(std::io::Error::other)?;
-            Ok((outcome, stdout, stderr))
+            Ok(ZygoteReply {
+                outcome,
+                results,
+                stdout,
+                stderr,
+            })
         };
         match tokio::time::timeout(guard, exchange).await {
             Ok(result) => result,
@@ -201,9 +237,25 @@ impl Zygote {
     }
 
     /// Stops the zygote now (its executions die with it: they hold a parent-death
-    /// signal or are in a namespace whose init it kills).
+    /// signal or are in a namespace whose init it kills). Used when it misbehaves;
+    /// its unreaped children are then left to init.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Stops an idle zygote cleanly: closing its control channel makes it kill and reap
+    /// its waiting execution and exit. Falls back to `kill` after a few seconds.
+    pub async fn shutdown(self) {
+        let Self {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
     }
 }
 
