@@ -548,3 +548,70 @@ async fn no_state_survives_into_the_next_execution() {
     assert_eq!(second.verdict(), Verdict::Passed, "{second:?}");
     sandbox.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_tests_cannot_be_read_from_memory() {
+    // One slot: the reader is forked from the same server that handled the secret.
+    let sandbox = Sandbox::start(1).await;
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    // The secret only ever appears in a test (and so in the job the server forwarded).
+    let secret_test = format!("assert f() == 'QZXSECRET{suffix}'");
+    let first = sandbox
+        .score(request(
+            "def f():\n    return 'nope'\n",
+            &[&secret_test],
+            5.0,
+        ))
+        .await;
+    assert_eq!(first.verdict(), Verdict::Failed);
+    // The reader scans every mapped page around its heaps and its stack for the secret's
+    // pattern; it plants one copy of its own so that a blind scanner cannot pass.
+    let reader = r#"
+import ctypes, os, re, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PAGE = 4096
+probe_r, probe_w = os.pipe()
+pattern = re.compile(b"QZX" + b"SECRET" + b"([0-9a-f]{16})")
+own = ("QZX" + "SECRET" + "fedcba9876543210").encode()
+def mapped(address):
+    # A readable page: the kernel copies it into a pipe (EFAULT if unmapped or
+    # unreadable) instead of the program faulting on it.
+    count = libc.write(probe_w, ctypes.c_void_p(address), PAGE)
+    if count > 0:
+        os.read(probe_r, count)
+        return True
+    return False
+def scan():
+    buffer = ctypes.create_string_buffer(1 << 20)
+    libc.sbrk.restype = ctypes.c_void_p
+    # The brk heap (malloc), the pymalloc arenas and the mmap'd regions.
+    centres = [libc.sbrk(0), id(sys.modules), id(own), ctypes.addressof(buffer),
+               id(b"x" * (1 << 18)), ctypes.addressof(ctypes.c_int(0))]
+    found = set()
+    seen = set()
+    for centre in centres:
+        start = max((centre - (64 << 20)) & ~(PAGE - 1), PAGE)
+        for address in range(start, centre + (64 << 20), PAGE):
+            if address in seen or not mapped(address):
+                continue
+            seen.add(address)
+            # Read two pages so that a match across a page boundary is not missed.
+            data = ctypes.string_at(address, PAGE * 2 if mapped(address + PAGE) else PAGE)
+            for match in pattern.finditer(data):
+                found.add(match.group(1).decode())
+    return sorted(found)
+"#;
+    let second = sandbox
+        .score(request(
+            reader,
+            &["assert scan() == ['fedcba9876543210']"],
+            20.0,
+        ))
+        .await;
+    assert_eq!(
+        second.verdict(),
+        Verdict::Passed,
+        "the secret of an earlier test was found in a later program's memory: {second:?}"
+    );
+    sandbox.finish().await;
+}
