@@ -10,7 +10,8 @@ const TGRPO: &str = env!("CARGO_BIN_EXE_tgrpo");
 
 /// A uid range of this test process's own (tests run in parallel).
 fn uid_base(offset: u32) -> String {
-    (2_000_000 + (std::process::id() % 50_000) * 256 + offset * 64).to_string()
+    // Disjoint from the executor crate's test ranges (1M-52M).
+    (100_000_000 + (std::process::id() % 50_000) * 256 + offset * 64).to_string()
 }
 
 const INPUT: &str = r#"{"id": "ok", "code": "def f(x):\n    return x + 1\n", "tests": ["assert f(1) == 2", "assert f(2) == 3"]}
