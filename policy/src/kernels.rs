@@ -209,37 +209,15 @@ impl WithSimd for Block<'_> {
             rows,
             out,
         } = self;
-        let w_row = |j: usize| &plan.weight[(j0 + j) * k..(j0 + j + 1) * k];
-        let x_row = |b: usize| &x[b * k..(b + 1) * k];
-        let mut j = 0;
-        // Two weight rows against four activation rows: 8 independent accumulators.
-        while j + 2 <= rows {
-            let w_rows = [w_row(j), w_row(j + 1)];
-            let mut b = 0;
-            while b + 4 <= m {
-                let sums = dot_block::<S, 2, 4>(
-                    simd,
-                    w_rows,
-                    [x_row(b), x_row(b + 1), x_row(b + 2), x_row(b + 3)],
-                );
-                for (r, row_sums) in sums.iter().enumerate() {
-                    out[(j + r) * m + b..(j + r) * m + b + 4].copy_from_slice(row_sums);
-                }
-                b += 4;
-            }
-            while b < m {
-                let sums = dot_block::<S, 2, 1>(simd, w_rows, [x_row(b)]);
-                out[j * m + b] = sums[0][0];
-                out[(j + 1) * m + b] = sums[1][0];
-                b += 1;
-            }
-            j += 2;
-        }
-        if j < rows {
-            for b in 0..m {
-                out[j * m + b] = dot_block::<S, 1, 1>(simd, [w_row(j)], [x_row(b)])[0][0];
-            }
-        }
+        accumulate(
+            simd,
+            &plan.weight[j0 * k..(j0 + rows) * k],
+            x,
+            k,
+            m,
+            1.0,
+            out,
+        );
         if let Some(bias) = plan.bias {
             for jj in 0..rows {
                 let v = bias[j0 + jj];
@@ -248,14 +226,63 @@ impl WithSimd for Block<'_> {
         }
         if let Some(lora) = &plan.lora {
             let r = lora.r;
-            for jj in 0..rows {
-                let b_row = &lora.b[(j0 + jj) * r..(j0 + jj + 1) * r];
-                for b in 0..m {
-                    let h_row = &lora.h[b * r..(b + 1) * r];
-                    out[jj * m + b] +=
-                        lora.scale * dot_block::<S, 1, 1>(simd, [b_row], [h_row])[0][0];
+            accumulate(
+                simd,
+                &lora.b[j0 * r..(j0 + rows) * r],
+                lora.h,
+                r,
+                m,
+                lora.scale,
+                out,
+            );
+        }
+    }
+}
+
+/// `out[j * m + b] += scale · (w_j · x_b)` for every row `w_j` of `w` (`rows × k`) and
+/// `x_b` of `x` (`m × k`), blocked two weight rows by four activation rows.
+#[inline(always)]
+fn accumulate<S: Simd>(
+    simd: S,
+    w: &[f32],
+    x: &[f32],
+    k: usize,
+    m: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let rows = w.len() / k;
+    let w_row = |j: usize| &w[j * k..(j + 1) * k];
+    let x_row = |b: usize| &x[b * k..(b + 1) * k];
+    let mut j = 0;
+    // Two weight rows against four activation rows: 8 independent accumulators.
+    while j + 2 <= rows {
+        let w_rows = [w_row(j), w_row(j + 1)];
+        let mut b = 0;
+        while b + 4 <= m {
+            let sums = dot_block::<S, 2, 4>(
+                simd,
+                w_rows,
+                [x_row(b), x_row(b + 1), x_row(b + 2), x_row(b + 3)],
+            );
+            for (r, row_sums) in sums.iter().enumerate() {
+                for (c, v) in row_sums.iter().enumerate() {
+                    out[(j + r) * m + b + c] += scale * v;
                 }
             }
+            b += 4;
+        }
+        while b < m {
+            let sums = dot_block::<S, 2, 1>(simd, w_rows, [x_row(b)]);
+            out[j * m + b] += scale * sums[0][0];
+            out[(j + 1) * m + b] += scale * sums[1][0];
+            b += 1;
+        }
+        j += 2;
+    }
+    if j < rows {
+        for b in 0..m {
+            out[j * m + b] += scale * dot_block::<S, 1, 1>(simd, [w_row(j)], [x_row(b)])[0][0];
         }
     }
 }
