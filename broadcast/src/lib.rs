@@ -183,6 +183,18 @@ impl AdapterPublisher {
         self.publish_inner(version, bytes.into(), None).await
     }
 
+    /// The newest version announced for this run so far: by this publisher, or (NATS) by
+    /// any earlier publisher of the same run id, such as a learner that crashed and is
+    /// being resumed. A resumed learner numbers its versions above it, because
+    /// subscribers never go back to a version they have passed. `None` when nothing was
+    /// announced yet.
+    pub async fn latest_announced_version(&self) -> Result<Option<u64>, BroadcastError> {
+        match &self.inner {
+            PublisherInner::Local(local) => Ok(local.latest_version()),
+            PublisherInner::Nats(nats) => nats.latest_version().await,
+        }
+    }
+
     /// Like [`Self::publish`], but announces `announced_sha256` instead of the true
     /// digest: what a corrupted upload looks like to subscribers. For tests only.
     #[cfg(feature = "testing")]

@@ -108,6 +108,15 @@ impl LocalPublisher {
         &self.broadcast.run_id
     }
 
+    /// The version of the newest publication in the channel.
+    pub(crate) fn latest_version(&self) -> Option<u64> {
+        self.broadcast
+            .sender
+            .borrow()
+            .as_ref()
+            .map(|publication| publication.announcement.version)
+    }
+
     /// Hashes and hands out `bytes` as `version`; `announced_sha256` replaces the true
     /// digest in the announcement (only for tests of the rejection path).
     pub(crate) async fn publish(

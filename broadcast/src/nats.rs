@@ -460,6 +460,15 @@ impl NatsPublisher {
         &self.broadcast.run_id
     }
 
+    /// The version of the newest announcement the server keeps for the run.
+    pub(crate) async fn latest_version(&self) -> Result<Option<u64>, BroadcastError> {
+        Ok(self
+            .broadcast
+            .latest_announcement()
+            .await?
+            .map(|announcement| announcement.version))
+    }
+
     /// Uploads, announces, prunes. `announced_sha256` replaces the true digest in the
     /// announcement (only for tests of the rejection path).
     pub(crate) async fn publish(

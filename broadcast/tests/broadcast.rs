@@ -192,7 +192,29 @@ for_both_transports!(
     runs_do_not_see_each_other,
     oversized_adapter_is_refused,
     subscriber_stops_on_shutdown,
+    a_new_publisher_sees_the_versions_announced_before_it,
 );
+
+/// A resumed learner asks where the run's numbering stands: a second publisher of the
+/// same run (on NATS, a new connection, as a restarted process has) sees the last version
+/// the first one announced; another run sees nothing.
+async fn a_new_publisher_sees_the_versions_announced_before_it(
+    transport: Transport,
+) -> Result<()> {
+    let harness = Harness::new(transport).await?;
+    let first = harness.publisher("run-resume").await?;
+    assert_eq!(first.latest_announced_version().await?, None);
+    for version in [1, 2, 5] {
+        first.publish(version, random_adapter(1_000, version)).await?;
+    }
+    assert_eq!(first.latest_announced_version().await?, Some(5));
+    drop(first);
+    let second = harness.publisher("run-resume").await?;
+    assert_eq!(second.latest_announced_version().await?, Some(5));
+    let other = harness.publisher("run-other").await?;
+    assert_eq!(other.latest_announced_version().await?, None);
+    harness.finish(&[]).await
+}
 
 async fn round_trip_of_a_multi_chunk_adapter_is_byte_exact(transport: Transport) -> Result<()> {
     let harness = Harness::new(transport).await?;
