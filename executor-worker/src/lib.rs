@@ -108,10 +108,15 @@
 //! - **rlimits**: address space (1 GiB), CPU seconds (timeout + 1), file size, open
 //!   files, processes, no core dumps, no locked memory.
 //! - **Wall clock**: the zygote kills the program (namespace init) and T at the
-//!   deadline with SIGKILL; both are reaped before the next execution starts. T and U
+//!   deadline with SIGKILL; both are reaped before the next program starts. T and U
 //!   hold a parent-death signal, so killing a fork-server ends its execution too.
 //! - **Output**: stdout/stderr are pipes drained continuously by the zygote; the first
-//!   `output_bytes` of each are kept, the rest counted and dropped.
+//!   `output_bytes` of each are kept, the rest counted and dropped. U flushes its
+//!   output before every reply to T, so what a test printed is never lost.
+//! - **Not covered**: a per-slot memory cgroup. Memory is bounded per process
+//!   (RLIMIT_AS) and processes per slot (RLIMIT_NPROC), so a program that forks and
+//!   fills every child can reach `processes × memory_bytes`; lower `processes` where
+//!   that matters.
 //! - **Environment**: empty; stdin is /dev/null.
 //!
 //! If the host cannot give this (not root, no namespaces, the self-check run inside a
@@ -124,11 +129,25 @@
 //!
 //! Each slot's zygote holds an initialised interpreter with the stdlib imported (and
 //! `gc.freeze()`d, so children do not copy its pages when collecting); an execution
-//! costs a fork, a clone and a few syscalls instead of an interpreter start. Slots default to
-//! the number of cores. No state leaks between executions: each one is a fresh fork of
-//! a zygote that never ran untrusted code, in fresh pid/mount/ipc namespaces with a
-//! fresh /work (tested). `tgrpo bench executor` measures the pool against a fresh
-//! `python3` per program.
+//! costs a fork, a clone and a few syscalls instead of an interpreter start. Slots
+//! default to the number of cores. The next execution is forked while the current one
+//! runs; the result is reported as soon as T is done and the output taken (the
+//! kernel's namespace teardown, an RCU grace period, finishes in the background and is
+//! awaited only before the next program starts). `tgrpo bench executor` measures the
+//! pool against a fresh `python3` per program; what one execution costs is dominated
+//! by two fresh python processes (tester and program: fork, copy-on-write faults, exit)
+//! — the price of a verdict decided outside the program.
+//!
+//! ## No state between executions
+//!
+//! Each execution is a fresh fork of a zygote that never ran untrusted code, in fresh
+//! pid/mount/ipc namespaces with a fresh /work; the previous execution is reaped
+//! entirely (namespace init and so every descendant) before the next program starts,
+//! so nothing of it meets the next one in the slot's shared network namespace (abstract
+//! sockets) or anywhere else. The zygote never holds a job in its own memory: the
+//! program and the tests are pumped from the worker to U and T through one buffer that
+//! is zeroed before the next fork, and results and output likewise, so a program that
+//! scans its whole address space finds no earlier program's tests or code (tested).
 //!
 //! ## Layout
 //!
