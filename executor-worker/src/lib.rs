@@ -157,7 +157,7 @@
 //! - `seccomp`: the filters; [`reward`]: binary/partial/scaled rewards.
 //! - `scoring`: request validation and verdict rules; [`scorer`]: the public handle.
 //! - [`service`]: the gRPC service; [`client`]: the balancing client.
-//! - [`mbpp`], [`bench`]: data and benchmark for `tgrpo bench executor`.
+//! - [`mbpp`], [`bench`](mod@bench): data and benchmark for `tgrpo bench executor`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
