@@ -26,4 +26,4 @@ pub mod train;
 
 pub use config::{ConfigError, EnvSource, NoEnv, Override, ProcessEnv, TgrpoConfig};
 pub use error::{PipelineError, Result};
-pub use train::{StageOptions, TrainReport, train};
+pub use train::{StageOptions, TrainReport, train, train_loop};

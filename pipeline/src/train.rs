@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tgrpo_broadcast::Broadcast;
+use tgrpo_dataset::Problem;
 use tgrpo_executor::Scorer;
-use tgrpo_learner::{AdapterSink, RunSummary, StopReason, TrainingRun};
+use tgrpo_learner::{AdapterSink, Learner, LoraPolicy, RunSummary, StopReason, TrainingRun};
+use tgrpo_policy::Policy;
 use tgrpo_rollout::{
     AdapterFeed, LearnerLink, RolloutWorker, Sampler, WorkerOptions, WorkerSummary,
 };
@@ -127,6 +129,37 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
         .await
         .map_err(|join| PipelineError::stage("train", format!("learner setup failed: {join}")))??
     };
+    let outcome = train_loop(config, policy, learner, problems, options).await;
+    if metrics_path.exists() {
+        write_training_report(config, &metrics_path, &report_path)?;
+    }
+    let (summary, summaries) = outcome?;
+    report.wall_s = started.elapsed().as_secs_f64();
+    report.workers = summaries;
+    let interrupted = summary.reason == StopReason::Shutdown;
+    report.summary = Some(summary);
+    if interrupted {
+        return Err(PipelineError::Cancelled { stage: "train" });
+    }
+    Ok(report)
+}
+
+/// The local training loop itself, for a learner built by the caller (a fresh adapter
+/// from the config in [`train`]; a warm-started one in tests): the learner's
+/// [`TrainingRun`] over `problems`, `local.rollout_workers` workers sampling with `policy`
+/// (whose base weights the learner shares), scoring through `rollout.executor_endpoints`
+/// or an in-process `[executor]` pool, adapters through the in-process broadcast. Writes
+/// checkpoints and `metrics.jsonl` into `training.output_dir`; returns the learner's and
+/// the workers' summaries once every epoch is trained, `max_steps` is reached, or
+/// `options.cancel` fires.
+pub async fn train_loop(
+    config: &TgrpoConfig,
+    policy: Policy,
+    learner: Learner<LoraPolicy>,
+    problems: Vec<Problem>,
+    options: &StageOptions,
+) -> Result<(RunSummary, Vec<WorkerSummary>)> {
+    let metrics_path = config.training.output_dir.join("metrics.jsonl");
     let schedule_steps = learner.schedule_steps();
     tracing::info!(
         prompts = problems.len(),
@@ -134,7 +167,6 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
         adapter_parameters = learner.policy().adapter().adapter().num_parameters(),
         "learner ready"
     );
-
     let broadcast = Broadcast::local(&config.run_id, &config.broadcast)?;
     let publisher = broadcast.publisher().await?;
     let sink: Arc<dyn AdapterSink> = Arc::new(publisher);
@@ -169,7 +201,6 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
     let monitor = {
         let bar = bar.clone();
         let coordinator = coordinator.clone();
-        let metrics_path = metrics_path.clone();
         tokio::spawn(async move {
             loop {
                 let status = coordinator.status();
@@ -192,11 +223,10 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
     // them a moment, then stop them (an abandoned lease costs nothing now).
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
-    let mut handles = workers;
     let mut summaries = Vec::new();
-    for handle in handles.iter_mut() {
+    for mut handle in workers {
         tokio::select! {
-            joined = &mut *handle => push_worker(&mut summaries, joined),
+            joined = &mut handle => push_worker(&mut summaries, joined),
             () = &mut deadline => {
                 workers_stop.cancel();
                 push_worker(&mut summaries, handle.await);
@@ -204,18 +234,7 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
         }
     }
     workers_stop.cancel();
-    let summary = summary?;
-    if metrics_path.exists() {
-        write_training_report(config, &metrics_path, &report_path)?;
-    }
-    report.wall_s = started.elapsed().as_secs_f64();
-    report.workers = summaries;
-    let interrupted = summary.reason == StopReason::Shutdown;
-    report.summary = Some(summary);
-    if interrupted {
-        return Err(PipelineError::Cancelled { stage: "train" });
-    }
-    Ok(report)
+    Ok((summary?, summaries))
 }
 
 fn push_worker(
