@@ -7,7 +7,18 @@
 //! rejected, an item answered before is a duplicate (accepted once), and a group sampled
 //! more than `max_staleness` adapter versions ago is dropped and its prompt re-issued.
 //! The staleness rule is applied again when a batch is formed, since versions move on
-//! while groups wait.
+//! while groups wait. A group marked `skipped` (the worker cannot sample the prompt, e.g.
+//! it does not fit the model's context) retires its item without training on it, so an
+//! unsampleable prompt does not come back forever.
+//!
+//! **Lease window**: fresh prompts are handed out only while fewer than
+//! `prompts_per_step × (max_staleness + 1)` items are in flight (leased, queued for
+//! re-issue, answered and waiting, or in the batch being trained). A worker leasing
+//! further ahead would sample with an adapter that is more than `max_staleness` versions
+//! old by the time its groups are trained, and they would be dropped. With
+//! `max_staleness = 0` this makes the loop synchronous: the next batch is leased only once
+//! the previous one is trained. Items re-issued after an expired lease or a stale answer
+//! are already counted, so they go out regardless.
 //!
 //! The state sits behind one `std::sync::Mutex`: nothing awaits while holding it, and the
 //! trainer thread waits on a `Condvar` for a full batch, while submitters wait on a tokio
@@ -23,6 +34,9 @@ use tokio::sync::Notify;
 use crate::config::{GrpoConfig, ServiceConfig, TrainingConfig};
 use crate::groups::{Completion, ScoredGroup};
 use crate::scheduler::{Answer, Item, ItemId, PromptScheduler, ScheduleSnapshot};
+
+/// How soon a worker held back by the lease window asks again, in seconds.
+const WINDOW_RETRY_S: f64 = 0.1;
 
 /// Groups the trainer takes as one batch.
 #[derive(Debug)]
@@ -46,6 +60,8 @@ pub struct CoordinatorCounters {
     pub duplicates: u64,
     /// Malformed or unknown submissions.
     pub rejected: u64,
+    /// Items retired because a worker could not sample them (`skipped` groups).
+    pub skipped: u64,
 }
 
 struct State {
@@ -135,16 +151,25 @@ impl Coordinator {
             asked => asked.min(self.service.max_prompts_per_lease),
         };
         let mut state = self.lock();
+        let in_flight =
+            state.scheduler.outstanding() + state.buffer.len() + state.in_training.len();
+        let max_fresh = self.lease_window().saturating_sub(in_flight);
         let lease = if state.finished {
             None
         } else {
-            state.scheduler.lease(max, Instant::now())
+            state
+                .scheduler
+                .lease_with_fresh_limit(max, max_fresh, Instant::now())
         };
+        // Held back by the lease window: the next batch is trained within a step, so
+        // look again soon rather than at the next lease deadline.
+        let held_back = lease.is_none() && max_fresh == 0 && !state.scheduler.fresh_exhausted();
         // Only the end of training ends the run for workers: while the last batches
         // train, a group may still turn stale and its prompt come back.
         let finished = state.finished;
         let retry_after_s = match (&lease, state.scheduler.next_deadline()) {
             (Some(_), _) => 0.0,
+            (None, _) if held_back => WINDOW_RETRY_S,
             (None, Some(deadline)) => deadline
                 .saturating_duration_since(Instant::now())
                 .as_secs_f64()
@@ -179,6 +204,15 @@ impl Coordinator {
             finished,
             retry_after_s,
         }
+    }
+
+    /// Most items in flight at once before fresh prompts are held back (see the module
+    /// docs): `prompts_per_step × (max_staleness + 1)`.
+    pub fn lease_window(&self) -> usize {
+        let batches = usize::try_from(self.grpo.max_staleness)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        self.prompts_per_step.max(1).saturating_mul(batches)
     }
 
     /// The `[grpo]` sampling settings, as sent to workers.
@@ -235,6 +269,9 @@ impl Coordinator {
                 format!("item {item_id} was not issued by this learner"),
             );
         }
+        if !group.skipped.is_empty() {
+            return self.retire(&mut state, item_id, &group, result);
+        }
         let scored = group_from_proto(group);
         if let Err(err) = scored.validate() {
             state.counters.rejected += 1;
@@ -262,6 +299,34 @@ impl Coordinator {
         result(pb::GroupOutcome::Accepted, String::new())
     }
 
+    /// Retires the item of a `skipped` group: answered, never trained on, not re-issued.
+    fn retire(
+        &self,
+        state: &mut State,
+        item_id: ItemId,
+        group: &pb::ScoredGroup,
+        result: impl Fn(pb::GroupOutcome, String) -> pb::GroupResult,
+    ) -> pb::GroupResult {
+        if !group.completions.is_empty() {
+            state.counters.rejected += 1;
+            return result(
+                pb::GroupOutcome::Rejected,
+                format!(
+                    "a skipped group carries no completions, this one has {}",
+                    group.completions.len()
+                ),
+            );
+        }
+        let Answer::Accepted(_item) = state.scheduler.answer(item_id) else {
+            unreachable!("an outstanding, unanswered item is accepted");
+        };
+        state.counters.skipped += 1;
+        tracing::warn!(item = %item_id, prompt = %group.prompt_id, worker = %group.worker_id, reason = %group.skipped, "prompt skipped by a worker; the item is retired");
+        // The run may now be complete: wake the trainer to notice.
+        self.batch_ready.notify_all();
+        result(pb::GroupOutcome::Skipped, group.skipped.clone())
+    }
+
     fn is_stale(&self, current: u64, sampled_with: u64) -> bool {
         current.saturating_sub(sampled_with) > self.grpo.max_staleness
     }
@@ -279,6 +344,7 @@ impl Coordinator {
             duplicate_groups: state.counters.duplicates,
             skipped_steps: state.skipped_steps,
             finished: state.finished,
+            skipped_items: state.counters.skipped,
         }
     }
 

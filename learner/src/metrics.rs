@@ -71,6 +71,10 @@ pub struct StepMetrics {
     pub dropped_stale_total: u64,
     /// Duplicate group submissions ignored so far.
     pub duplicate_groups_total: u64,
+    /// Prompts retired so far because a worker could not sample them (too long for the
+    /// model's context, for instance).
+    #[serde(default)]
+    pub skipped_items_total: u64,
     /// Whether this step was skipped (non-finite loss or gradient).
     pub skipped: bool,
     /// Steps skipped so far, this one included.

@@ -197,6 +197,18 @@ impl PromptScheduler {
     /// Hands out up to `max` items: expired leases' items first, then fresh ones. `None`
     /// when nothing can be handed out right now.
     pub fn lease(&mut self, max: usize, now: Instant) -> Option<Lease> {
+        self.lease_with_fresh_limit(max, usize::MAX, now)
+    }
+
+    /// Like [`PromptScheduler::lease`], with at most `max_fresh` fresh items: items to
+    /// re-issue always go out (they are in flight already), new ones only within the
+    /// caller's window.
+    pub fn lease_with_fresh_limit(
+        &mut self,
+        max: usize,
+        max_fresh: usize,
+        now: Instant,
+    ) -> Option<Lease> {
         self.expire(now);
         let mut items = Vec::new();
         while items.len() < max {
@@ -208,9 +220,11 @@ impl PromptScheduler {
                 items.push(item);
             }
         }
-        while items.len() < max {
+        let mut fresh = 0;
+        while items.len() < max && fresh < max_fresh {
             let Some(item) = self.next_fresh() else { break };
             items.push(item);
+            fresh += 1;
         }
         if items.is_empty() {
             return None;

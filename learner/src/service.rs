@@ -258,6 +258,7 @@ impl<P: TrainablePolicy + 'static> TrainingRun<P> {
                 epoch: batch.epoch,
                 dropped_stale_total: counters.dropped_stale,
                 duplicate_groups_total: counters.duplicates,
+                skipped_items_total: counters.skipped,
             };
             let version_before = self.learner.adapter_version();
             let step_before = self.learner.state().step;
@@ -403,6 +404,7 @@ impl LearnerApi for LearnerGrpc {
                 Ok(pb::GroupOutcome::Accepted) => response.accepted += 1,
                 Ok(pb::GroupOutcome::Duplicate) => response.duplicates += 1,
                 Ok(pb::GroupOutcome::Stale) => response.stale += 1,
+                Ok(pb::GroupOutcome::Skipped) => response.skipped += 1,
                 _ => response.rejected += 1,
             }
             response.results.push(result);

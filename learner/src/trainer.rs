@@ -41,6 +41,8 @@ pub struct BatchContext {
     pub dropped_stale_total: u64,
     /// Duplicate submissions ignored so far.
     pub duplicate_groups_total: u64,
+    /// Items retired unsampled so far (`skipped` groups).
+    pub skipped_items_total: u64,
 }
 
 /// The number of optimizer steps a run will take: the length of the learning-rate
@@ -404,6 +406,7 @@ impl<P: TrainablePolicy> Learner<P> {
                 staleness: staleness.clone(),
                 dropped_stale_total: context.dropped_stale_total,
                 duplicate_groups_total: context.duplicate_groups_total,
+                skipped_items_total: context.skipped_items_total,
                 skipped,
                 skipped_total: self.state.skipped_steps,
             });
@@ -839,6 +842,7 @@ mod tests {
                     epoch: 2,
                     dropped_stale_total: 5,
                     duplicate_groups_total: 1,
+                    skipped_items_total: 3,
                 },
             )
             .unwrap();
@@ -853,9 +857,10 @@ mod tests {
             (
                 line.epoch,
                 line.dropped_stale_total,
-                line.duplicate_groups_total
+                line.duplicate_groups_total,
+                line.skipped_items_total
             ),
-            (2, 5, 1)
+            (2, 5, 1, 3)
         );
         assert_eq!(line.teacher_examples, 2);
         // Self-SFT: threshold 1 → group 0's first and group 1's first (top 1 each).

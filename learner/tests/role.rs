@@ -168,6 +168,7 @@ async fn the_role_trains_from_its_config_and_broadcasts_every_version() {
                     adapter_version: lease.adapter_version,
                     worker_id: "script".into(),
                     lease_id: lease.lease_id.clone(),
+                    skipped: String::new(),
                 }
             })
             .collect();

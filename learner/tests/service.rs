@@ -131,6 +131,7 @@ fn group(item: &pb::PromptItem, version: u64) -> pb::ScoredGroup {
         adapter_version: version,
         worker_id: "w".into(),
         lease_id: String::new(),
+        skipped: String::new(),
     }
 }
 
@@ -290,13 +291,18 @@ async fn stale_groups_are_dropped_and_their_prompts_reissued() {
     config.grpo.max_staleness = 0;
     config.training.prompts_per_step = 1;
     let mut server = start(config, 4).await;
+    // The lease window (one prompt per step, no staleness) hands out one at a time.
     let leased = lease(&mut server.client, "w", 2).await;
-    let (a, b) = (&leased.prompts[0], &leased.prompts[1]);
+    assert_eq!(leased.prompts.len(), 1);
+    let a = &leased.prompts[0];
     // a trains (batch of one) → the learner moves to version 1.
     let response = submit(&mut server.client, vec![group(a, 0)]).await;
     assert_eq!(outcomes(&response), vec![pb::GroupOutcome::Accepted]);
     wait_for_version(&mut server.client, 1).await;
-    // b was sampled with version 0: one behind, and max_staleness is 0.
+    let next = lease(&mut server.client, "w", 1).await;
+    let b = &next.prompts[0];
+    // b was sampled with version 0 (a worker that had not installed version 1 yet): one
+    // behind, and max_staleness is 0.
     let response = submit(&mut server.client, vec![group(b, 0)]).await;
     assert_eq!(outcomes(&response), vec![pb::GroupOutcome::Stale]);
     assert!(response.results[0].detail.contains("max staleness 0"));
@@ -391,8 +397,10 @@ async fn a_run_completes_publishes_every_version_and_checkpoints() {
 async fn shutdown_checkpoints_unfinished_work_and_resume_redoes_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(config(dir.path()), 6).await;
-    // Two prompts answered and trained, two leased and never answered, one buffered.
+    // Two prompts answered and trained, one leased and never answered, one buffered (the
+    // lease window, 2 prompts per step × (max staleness 1 + 1), hands out four).
     let leased = lease(&mut server.client, "w", 5).await;
+    assert_eq!(leased.prompts.len(), 4);
     let groups = leased.prompts[..3]
         .iter()
         .map(|item| group(item, 0))
@@ -405,7 +413,7 @@ async fn shutdown_checkpoints_unfinished_work_and_resume_redoes_it() {
     let checkpoint = summary.last_checkpoint.unwrap();
     assert!(checkpoint.ends_with("checkpoint-1"));
 
-    // Resume: the three unfinished items come back first, then the sixth prompt.
+    // Resume: the two unfinished items come back first, then the fifth and sixth prompts.
     let mut config = config(dir.path());
     config.training.resume = true;
     let mut server = start(config, 6).await;
@@ -426,7 +434,7 @@ async fn shutdown_checkpoints_unfinished_work_and_resume_redoes_it() {
         .iter()
         .map(|item| item.item_id.as_str())
         .collect();
-    assert_eq!(&ids[..3], &expected[..]);
+    assert_eq!(&ids[..2], &expected[..]);
     assert_eq!(ids.len(), 4);
     // Items trained before the restart are duplicates, not unknown.
     let response = submit(&mut server.client, vec![group(&leased.prompts[0], 1)]).await;

@@ -9,6 +9,7 @@
 //!   │   Sampler::run: G completions per prompt, scored (executors away: backoff, retry)
 //!   │   SubmitGroups ──(learner away: backoff, retry the same groups)
 //!   └── outcomes: accepted · duplicate (answered elsewhere) · stale (re-issued) · rejected
+//!                 · skipped (a prompt the model cannot take, retired for good)
 //! ```
 //!
 //! **No sampled group is lost to an outage**: a submission that fails is retried with the
@@ -89,7 +90,8 @@ pub struct WorkerStats {
     pub rejected: u64,
     /// Scored groups that never reached the learner because of shutdown.
     pub abandoned: u64,
-    /// Prompts skipped because they do not fit the model's context.
+    /// Prompts skipped because they do not fit the model's context (each reported to the
+    /// learner, which retires it).
     pub skipped_prompts: u64,
     /// Completions sampled.
     pub completions: u64,
@@ -416,6 +418,10 @@ impl RolloutWorker {
                         stats.stale += 1;
                         tracing::info!(item = %result.item_id, detail = %result.detail, "group dropped as stale; the learner re-issues the prompt");
                     }
+                    // Counted when the batch was sampled (`skipped_prompts`).
+                    Ok(pb::GroupOutcome::Skipped) => {
+                        tracing::debug!(item = %result.item_id, "skipped prompt retired by the learner");
+                    }
                     _ => {
                         stats.rejected += 1;
                         tracing::error!(item = %result.item_id, detail = %result.detail, "group rejected by the learner");
@@ -457,13 +463,14 @@ fn tasks_of(items: Vec<pb::PromptItem>, lease_id: &str) -> Vec<SampleTask> {
         .collect()
 }
 
-/// The scored groups of a batch, as the learner takes them (skipped tasks have none).
+/// The scored groups of a batch, as the learner takes them. A skipped task becomes a
+/// group without completions that names the reason (`skipped`): the learner retires its
+/// item instead of re-issuing a prompt no worker of this model can sample.
 pub fn groups_of(batch: &SampledBatch, worker_id: &str, lease_id: &str) -> Vec<pb::ScoredGroup> {
     let adapter_version = batch.adapter_version.unwrap_or(0);
     batch
         .tasks
         .iter()
-        .filter(|task| task.skipped.is_none())
         .map(|task| pb::ScoredGroup {
             item_id: task.key.clone(),
             prompt_id: task.task_id.clone(),
@@ -483,6 +490,7 @@ pub fn groups_of(batch: &SampledBatch, worker_id: &str, lease_id: &str) -> Vec<p
             adapter_version,
             worker_id: worker_id.to_string(),
             lease_id: lease_id.to_string(),
+            skipped: task.skipped.clone().unwrap_or_default(),
         })
         .collect()
 }
@@ -566,7 +574,17 @@ mod tests {
             stats: BatchStats::default(),
         };
         let groups = groups_of(&batch, "w1", "lease-3");
-        assert_eq!(groups.len(), 1, "skipped tasks have no group");
+        assert_eq!(groups.len(), 2, "a skipped task is reported too");
+        assert_eq!(
+            (
+                groups[1].item_id.as_str(),
+                groups[1].skipped.as_str(),
+                groups[1].completions.len()
+            ),
+            ("0:2", "too long", 0),
+            "a skipped task retires its item with the reason and no completions"
+        );
+        assert!(groups[0].skipped.is_empty());
         let group = &groups[0];
         assert_eq!(
             (group.item_id.as_str(), group.prompt_id.as_str()),
