@@ -41,6 +41,13 @@ const BATCH_POLL: Duration = Duration::from_millis(200);
 pub trait AdapterSink: Send + Sync + 'static {
     /// Publishes `bytes` as adapter `version`; versions arrive in increasing order.
     fn publish(&self, version: u64, bytes: Vec<u8>) -> BoxFuture<'_, Result<()>>;
+
+    /// The newest version announced for this run so far, by this process or an earlier
+    /// one (a learner that crashed and is resumed): the run continues numbering above it.
+    /// `None` when nothing was announced or the sink cannot tell.
+    fn latest_published(&self) -> BoxFuture<'_, Result<Option<u64>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The adapter broadcast's publisher (in-process or NATS) is a sink as is.
@@ -53,6 +60,17 @@ impl AdapterSink for tgrpo_broadcast::AdapterPublisher {
                 .map_err(|err| LearnerError::Broadcast {
                     version,
                     reason: err.to_string(),
+                })
+        })
+    }
+
+    fn latest_published(&self) -> BoxFuture<'_, Result<Option<u64>>> {
+        Box::pin(async move {
+            self.latest_announced_version()
+                .await
+                .map_err(|err| LearnerError::Broadcast {
+                    version: 0,
+                    reason: format!("looking up the latest announced version: {err}"),
                 })
         })
     }
@@ -212,7 +230,12 @@ impl<P: TrainablePolicy + 'static> TrainingRun<P> {
 
     /// Trains until every prompt is done, `max_steps`, or shutdown, on a blocking thread
     /// (forward and backward passes must not stall the async runtime).
-    pub async fn train(self, shutdown: CancellationToken) -> Result<RunSummary> {
+    ///
+    /// First, if the adapter sink already announced a version at or above the learner's
+    /// (a resumed run whose crashed predecessor published past its last checkpoint), the
+    /// learner continues above it (see [`Learner::continue_versions_after`]).
+    pub async fn train(mut self, shutdown: CancellationToken) -> Result<RunSummary> {
+        self.continue_above_published().await;
         let coordinator = self.coordinator();
         let watcher = {
             let shutdown = shutdown.clone();
@@ -321,6 +344,34 @@ impl<P: TrainablePolicy + 'static> TrainingRun<P> {
             last_checkpoint: self.last_checkpoint.clone(),
             counters: self.coordinator.counters(),
         })
+    }
+
+    async fn continue_above_published(&mut self) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let published = match sink.latest_published().await {
+            Ok(Some(published)) => published,
+            Ok(None) => return,
+            // Unknown: continuing as is at worst delays workers until the versions pass
+            // the old ones; not a reason to refuse to train.
+            Err(err) => {
+                tracing::warn!(%err, "cannot tell the latest announced adapter version; continuing with the checkpoint's numbering");
+                return;
+            }
+        };
+        let current = self.learner.adapter_version();
+        if let Some(next) = self.learner.continue_versions_after(published) {
+            let state = self.learner.state();
+            self.coordinator
+                .set_progress(next, state.step, state.skipped_steps);
+            tracing::warn!(
+                published,
+                checkpoint_version = current,
+                continuing_at = next,
+                "adapter versions up to {published} were announced by an earlier learner of this run; continuing above them so that workers take the new adapter and groups sampled with the lost versions count as stale"
+            );
+        }
     }
 
     fn checkpoint(&mut self) -> Result<()> {

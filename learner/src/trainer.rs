@@ -144,6 +144,23 @@ impl<P: TrainablePolicy> Learner<P> {
         self.state.adapter_version
     }
 
+    /// Moves the adapter version past `published`, a version an earlier incarnation of
+    /// this run announced (a learner that crashed after its last checkpoint), to
+    /// `published + max_staleness + 1`: version numbers are never reused for different
+    /// weights, subscribers holding the lost versions take the next one (they only move
+    /// forward), and groups sampled with the lost versions are all stale. Returns the new
+    /// version, or `None` when the current one is already above `published`.
+    pub fn continue_versions_after(&mut self, published: u64) -> Option<u64> {
+        if self.state.adapter_version > published {
+            return None;
+        }
+        let next = published
+            .saturating_add(self.config.grpo.max_staleness)
+            .saturating_add(1);
+        self.state.adapter_version = next;
+        Some(next)
+    }
+
     /// The learning-rate schedule's length.
     pub fn schedule_steps(&self) -> usize {
         self.schedule_steps
