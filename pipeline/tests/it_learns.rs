@@ -11,10 +11,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use tgrpo_dataset::Problem;
-use tgrpo_executor::{ExecutorConfig, Scorer};
+use tgrpo_executor::Scorer;
 use tgrpo_learner::teacher::teacher_examples;
 use tgrpo_learner::{BatchContext, Learner, LoraPolicy, LrSchedule, schedule_length};
 use tgrpo_pipeline::config::TgrpoConfig;
@@ -24,16 +23,8 @@ use tgrpo_policy::{LoadOptions, LoraAdapter, ModelSource, Policy};
 use tgrpo_rollout::{SampleTask, Sampler, SamplerConfig, SamplingSettings};
 use tgrpo_teacher::TraceRecord;
 
-/// A sandbox uid range of this test process's own (distinct from other crates' tests).
-fn executor_config() -> ExecutorConfig {
-    static POOLS: AtomicU32 = AtomicU32::new(0);
-    let pool = POOLS.fetch_add(1, Ordering::Relaxed) % 8;
-    ExecutorConfig {
-        slots: 2,
-        uid_base: 60_000_000 + (std::process::id() % 100_000) * 64 + pool * 8,
-        ..ExecutorConfig::default()
-    }
-}
+mod common;
+use common::executor_config;
 
 /// A passing trace of `problem`'s reference, as the synthesis stage records one.
 fn reference_trace(problem: &Problem) -> TraceRecord {
