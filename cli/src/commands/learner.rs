@@ -3,7 +3,8 @@
 //! every new adapter over NATS, and exits when every epoch is trained (or on
 //! SIGINT/SIGTERM, after writing a checkpoint that `--resume` continues from).
 //!
-//! Settings: an optional TOML file (`--learner-config`: its `[grpo]`, `[dual_source]`,
+//! Settings: the run config (`--config FILE`, every section, as all roles read it) or a
+//! learner-only TOML file (`--learner-config`: its `[grpo]`, `[dual_source]`,
 //! `[training]`, `[learner]`, `[lora]` and `[broadcast]` sections; other sections are
 //! left to the other roles), then each flag or `TGRPO_*` variable given overrides one
 //! field.
@@ -24,6 +25,13 @@ pub struct LearnerArgs {
     /// `[learner]`, `[lora]`, `[broadcast]`); unknown keys in them are errors.
     #[arg(long = "learner-config", env = "TGRPO_LEARNER_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// The run config: one TOML file with every section (what every role and `tgrpo all`
+    /// read; `TGRPO_SECTION__KEY` variables override it). The learner takes `[model]`,
+    /// `[lora]`, `[grpo]`, `[dual_source]`, `[training]`, `[learner]` and `[broadcast]`;
+    /// the flags below override it.
+    #[arg(long = "config", env = "TGRPO_CONFIG", conflicts_with = "config")]
+    pub run_config: Option<PathBuf>,
 
     /// Address to serve the gRPC `Learner` API on.
     #[arg(long, env = "TGRPO_LEARNER_LISTEN", default_value = "0.0.0.0:50052")]
@@ -97,9 +105,17 @@ struct Settings {
 
 impl LearnerArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let (mut learner, lora, broadcast) = match &self.config {
-            Some(path) => read_config(path)?,
-            None => (LearnerConfig::default(), LoraConfig::default(), None),
+        let (mut learner, lora, broadcast) = match (&self.run_config, &self.config) {
+            (Some(path), _) => {
+                let run = super::run_config::load_run_config(path)?;
+                (
+                    run.learner_config(),
+                    run.lora.clone(),
+                    Some(run.broadcast.clone()),
+                )
+            }
+            (None, Some(path)) => read_config(path)?,
+            (None, None) => (LearnerConfig::default(), LoraConfig::default(), None),
         };
         let service = &mut learner.learner;
         if let Some(model) = &self.model {
@@ -293,6 +309,34 @@ mod tests {
         assert!(settings.learner.training.resume);
         assert_eq!(settings.lora.r, 16);
         assert_eq!(settings.broadcast, None);
+    }
+
+    #[test]
+    fn the_run_config_supplies_every_learner_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "run_id = \"exp\"\noutput_dir = \"out\"\n[model]\nsource = \"org/model\"\n[lora]\nr = 8\n[training]\nseed = 3\n[broadcast]\nurl = \"nats://nats:4222\"\n[rollout]\nworker_id = \"not ours\"\n",
+        )
+        .unwrap();
+        let settings = parse(&["--config", path.to_str().unwrap(), "--seed", "9"])
+            .settings()
+            .unwrap();
+        assert_eq!(settings.learner.learner.model, "org/model");
+        assert_eq!(settings.learner.learner.run_id, "exp");
+        assert_eq!(settings.learner.training.output_dir, PathBuf::from("out"));
+        assert_eq!(settings.learner.training.seed, 9);
+        assert_eq!(settings.lora.r, 8);
+        assert_eq!(settings.broadcast.unwrap().url, "nats://nats:4222");
+        std::fs::write(&path, "[training]\nlearnig_rate = 1.0\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()])
+            .settings()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown key training.learnig_rate"),
+            "{err:#}"
+        );
     }
 
     #[test]

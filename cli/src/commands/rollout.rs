@@ -3,7 +3,8 @@
 //! executors (remote, or an in-process sandbox pool), streams the scored groups back, and
 //! exits when the learner says the run is finished (or on SIGINT/SIGTERM).
 //!
-//! Settings: an optional TOML file (`--rollout-config`: its `[rollout]` section, plus
+//! Settings: the run config (`--config FILE`, every section, as all roles read it) or a
+//! rollout-only TOML file (`--rollout-config`: its `[rollout]` section, plus
 //! `[broadcast]` and `[executor]` when present), then each flag or `TGRPO_*` variable
 //! given overrides one field.
 
@@ -24,6 +25,12 @@ pub struct RolloutArgs {
     /// unknown keys are errors.
     #[arg(long = "rollout-config", env = "TGRPO_ROLLOUT_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// The run config: one TOML file with every section (what every role and `tgrpo all`
+    /// read; `TGRPO_SECTION__KEY` variables override it). The worker takes `[model]`,
+    /// `[rollout]`, `[broadcast]` and `[executor]`; the flags below override it.
+    #[arg(long = "config", env = "TGRPO_CONFIG", conflicts_with = "config")]
+    pub run_config: Option<PathBuf>,
 
     /// The learner's gRPC address [default: http://127.0.0.1:50052].
     #[arg(long, env = "TGRPO_LEARNER_ENDPOINT")]
@@ -113,9 +120,18 @@ struct Settings {
 
 impl RolloutArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let (mut rollout, broadcast, executor) = match &self.config {
-            Some(path) => read_config(path)?,
-            None => (RolloutConfig::default(), None, None),
+        let (mut rollout, broadcast, executor) = match (&self.run_config, &self.config) {
+            (Some(path), _) => {
+                let run = super::run_config::load_run_config(path)?;
+                (
+                    run.rollout.clone(),
+                    Some(run.broadcast.clone()),
+                    // Sandbox flags given on the command line still win.
+                    Some(self.sandbox.over(run.executor.clone())),
+                )
+            }
+            (None, Some(path)) => read_config(path)?,
+            (None, None) => (RolloutConfig::default(), None, None),
         };
         let set = |field: &mut String, value: &Option<String>| {
             if let Some(value) = value {
@@ -304,6 +320,27 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(off.broadcast, None);
+    }
+
+    #[test]
+    fn the_run_config_supplies_the_worker_sections_and_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(
+            &path,
+            "run_id = \"exp\"\n[model]\nsource = \"org/model\"\ndevice = \"cuda:1\"\n[rollout]\nlearner_endpoint = \"learner:50052\"\n[executor]\nslots = 3\n[broadcast]\nurl = \"nats://nats:4222\"\n[training]\nseed = 1\n",
+        )
+        .unwrap();
+        let settings = parse(&["--config", path.to_str().unwrap(), "--worker-id", "w2"])
+            .settings()
+            .unwrap();
+        assert_eq!(settings.rollout.model, "org/model");
+        assert_eq!(settings.rollout.device, "cuda:1");
+        assert_eq!(settings.rollout.run_id, "exp");
+        assert_eq!(settings.rollout.learner_endpoint, "learner:50052");
+        assert_eq!(settings.rollout.worker_id, "w2");
+        assert_eq!(settings.executor.slots, 3);
+        assert_eq!(settings.broadcast.unwrap().url, "nats://nats:4222");
     }
 
     #[test]

@@ -61,3 +61,17 @@ impl ConfigArgs {
 pub fn teacher_api_key() -> Option<String> {
     tgrpo_teacher::config::api_key_from_env(|name| std::env::var(name).ok())
 }
+
+/// Loads a role's `--config FILE`: the whole run config (every section checked, unknown
+/// keys rejected by name), `TGRPO_SECTION__KEY` variables applied, validated, and the
+/// demo model built when `[model] source` names it. The role then takes its sections and
+/// applies its own flags on top.
+pub fn load_run_config(path: &std::path::Path) -> anyhow::Result<TgrpoConfig> {
+    let mut config = TgrpoConfig::load(Some(path), &ProcessEnv, &[])?;
+    config.validate()?;
+    if config.model.is_demo() {
+        config.model.source = tgrpo_pipeline::model::resolve_model(&config)?;
+        config.sync_derived();
+    }
+    Ok(config)
+}

@@ -80,6 +80,34 @@ impl SandboxArgs {
     }
 }
 
+impl SandboxArgs {
+    /// `base` (a run config's `[executor]` section) with the flags that were given a
+    /// non-default value applied on top: with `--config FILE`, the file decides unless a
+    /// flag says otherwise.
+    pub fn over(&self, base: ExecutorConfig) -> ExecutorConfig {
+        let flags = self.to_config();
+        let defaults = ExecutorConfig::default();
+        let mut config = base;
+        macro_rules! take {
+            ($($field:ident).+) => {
+                if flags.$($field).+ != defaults.$($field).+ {
+                    config.$($field).+ = flags.$($field).+.clone();
+                }
+            };
+        }
+        take!(slots);
+        take!(default_timeout_s);
+        take!(max_timeout_s);
+        take!(python);
+        take!(unsafe_no_sandbox);
+        take!(uid_base);
+        take!(limits.memory_bytes);
+        take!(limits.processes);
+        take!(limits.output_bytes);
+        config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -90,6 +118,20 @@ mod tests {
     struct Probe {
         #[command(flatten)]
         sandbox: SandboxArgs,
+    }
+
+    #[test]
+    fn only_flags_given_override_a_config_section() {
+        let base = ExecutorConfig {
+            slots: 3,
+            uid_base: 70_000,
+            ..ExecutorConfig::default()
+        };
+        let parsed = Probe::try_parse_from(["probe"]).unwrap();
+        assert_eq!(parsed.sandbox.over(base.clone()), base);
+        let parsed = Probe::try_parse_from(["probe", "--slots", "5"]).unwrap();
+        let merged = parsed.sandbox.over(base);
+        assert_eq!((merged.slots, merged.uid_base), (5, 70_000));
     }
 
     #[test]

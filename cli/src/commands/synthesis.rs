@@ -25,14 +25,24 @@ pub enum ProblemsFormat {
     Problems,
 }
 
+/// The `--problems` default (with `--config`, only another value overrides the file).
+const DEFAULT_PROBLEMS: &str = "data/mbpp_train.jsonl";
+
 /// Arguments of `tgrpo synthesis`.
 #[derive(Debug, Args)]
 pub struct SynthesisArgs {
+    /// The run config: one TOML file with every section (what every stage reads;
+    /// `TGRPO_SECTION__KEY` variables override it). Synthesis then asks `[synthesis]`'s
+    /// teacher about the data stage's training problems (`learner.prompts_path`) and
+    /// writes `teacher.traces_path`; the flags below override it.
+    #[arg(long = "config", env = "TGRPO_CONFIG", conflicts_with = "config")]
+    pub run_config: Option<PathBuf>,
+
     /// The training problems.
     #[arg(
         long,
         env = "TGRPO_SYNTHESIS_PROBLEMS",
-        default_value = "data/mbpp_train.jsonl"
+        default_value = DEFAULT_PROBLEMS
     )]
     pub problems: PathBuf,
 
@@ -92,6 +102,9 @@ pub fn load_problems(path: &PathBuf, format: ProblemsFormat) -> anyhow::Result<V
 /// Runs the stage and prints its summary; fails when it was cancelled or some sample
 /// failed (rerunning resumes).
 pub async fn run(args: SynthesisArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.run_config {
+        return run_with_config(&args, path).await;
+    }
     let mut config = args.teacher.to_config()?;
     if let Some(samples) = args.samples {
         config.num_samples_per_problem = samples;
@@ -153,6 +166,62 @@ pub async fn run(args: SynthesisArgs) -> anyhow::Result<()> {
         summary.failures.is_empty(),
         "{} samples failed; rerun to retry them (answers already received are cached)",
         summary.failures.len()
+    );
+    Ok(())
+}
+
+/// `tgrpo synthesis --config FILE`: the pipeline's synthesis stage on the run config, with
+/// the flags given applied on top.
+async fn run_with_config(args: &SynthesisArgs, path: &std::path::Path) -> anyhow::Result<()> {
+    use tgrpo_pipeline::config::TeacherKind;
+
+    let mut run = super::run_config::load_run_config(path)?;
+    run.teacher = args.teacher.to_config_over(run.teacher.clone())?;
+    if args.problems != std::path::Path::new(DEFAULT_PROBLEMS) {
+        run.learner.prompts_path.clone_from(&args.problems);
+    }
+    run.learner.prompts_format = match args.problems_format {
+        ProblemsFormat::Mbpp => run.learner.prompts_format,
+        ProblemsFormat::Humaneval => tgrpo_learner::PromptsFormat::Humaneval,
+        ProblemsFormat::Problems => tgrpo_learner::PromptsFormat::Problems,
+    };
+    if args.limit > 0 {
+        run.synthesis.limit = args.limit;
+    }
+    if let Some(samples) = args.samples {
+        run.teacher.num_samples_per_problem = samples;
+    }
+    if let Some(out) = &args.out {
+        run.teacher.traces_path.clone_from(out);
+    }
+    if !args.executor_endpoints.is_empty() {
+        run.rollout
+            .executor_endpoints
+            .clone_from(&args.executor_endpoints);
+    }
+    if args.no_verify {
+        run.synthesis.verify = false;
+    }
+    if let Some(model) = &args.teacher.local_model {
+        run.synthesis.teacher = TeacherKind::Local;
+        run.synthesis.local_model = Some(model.clone());
+    }
+    run.executor = args.sandbox.over(run.executor.clone());
+    run.validate()?;
+    let options = tgrpo_pipeline::train::StageOptions {
+        progress: !args.no_progress,
+        cancel: crate::shutdown::on_signal(),
+    };
+    let report =
+        tgrpo_pipeline::synthesis::synthesize_traces(&run, TeacherArgs::api_key(), &options)
+            .await?;
+    println!("{}", report.summary);
+    println!(
+        "traces: {} ({} of {} training problems asked of {})",
+        run.teacher.traces_path.display(),
+        report.problems,
+        report.training_problems,
+        report.teacher
     );
     Ok(())
 }

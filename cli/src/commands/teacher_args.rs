@@ -62,10 +62,16 @@ pub struct TeacherArgs {
 impl TeacherArgs {
     /// The validated config: file (or defaults), then the flags given.
     pub fn to_config(&self) -> anyhow::Result<TeacherConfig> {
-        let mut config = match &self.config {
+        let base = match &self.config {
             Some(path) => read_config(path)?,
             None => TeacherConfig::default(),
         };
+        self.to_config_over(base)
+    }
+
+    /// `base` (a run config's `[teacher]` section) with the flags given applied on top.
+    pub fn to_config_over(&self, base: TeacherConfig) -> anyhow::Result<TeacherConfig> {
+        let mut config = base;
         if let Some(url) = &self.url {
             config.api_url.clone_from(url);
         }

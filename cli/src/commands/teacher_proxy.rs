@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use tgrpo_executor::{ClientConfig, Scorer};
-use tgrpo_teacher::TraceSource;
+use tgrpo_pipeline::config::TeacherKind;
+use tgrpo_teacher::{AnyTeacher, LocalTeacher, TraceSource};
 
 use super::sandbox_args::SandboxArgs;
 use super::teacher_args::TeacherArgs;
@@ -14,6 +15,13 @@ use super::teacher_args::TeacherArgs;
 /// Arguments of `tgrpo teacher-proxy`.
 #[derive(Debug, Args)]
 pub struct TeacherProxyArgs {
+    /// The run config: one TOML file with every section (what every role reads;
+    /// `TGRPO_SECTION__KEY` variables override it). The proxy takes `[teacher]`,
+    /// `[synthesis]` (HTTP or local teacher), `[executor]` and the executors of
+    /// `[rollout]`; the flags override it.
+    #[arg(long, env = "TGRPO_CONFIG", conflicts_with = "config")]
+    pub run_config: Option<std::path::PathBuf>,
+
     /// Address to serve gRPC on.
     #[arg(
         long,
@@ -36,12 +44,44 @@ pub struct TeacherProxyArgs {
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn run(args: TeacherProxyArgs) -> anyhow::Result<()> {
-    let config = args.teacher.to_config()?;
-    let teacher = args.teacher.teacher(&config)?;
-    let scorer = if args.executor_endpoints.is_empty() {
-        Scorer::local(args.sandbox.to_config()).await?
-    } else {
-        Scorer::remote(&args.executor_endpoints, ClientConfig::default())?
+    let (config, teacher, scorer) = match &args.run_config {
+        Some(path) => {
+            let run = super::run_config::load_run_config(path)?;
+            let config = args.teacher.to_config_over(run.teacher.clone())?;
+            let teacher = match (&args.teacher.local_model, run.synthesis.teacher) {
+                (Some(_), _) | (None, TeacherKind::Http) => args.teacher.teacher(&config)?,
+                (None, TeacherKind::Local) => AnyTeacher::Local(LocalTeacher::load(
+                    run.synthesis.local_model.as_deref().unwrap_or_default(),
+                    config.model_name.clone(),
+                    1,
+                )?),
+                (None, TeacherKind::Reference) => anyhow::bail!(
+                    "{}: synthesis.teacher = \"reference\" answers from a problem set and is not served by the proxy; use the synthesis stage",
+                    path.display()
+                ),
+            };
+            let endpoints = if args.executor_endpoints.is_empty() {
+                run.rollout.executor_endpoints.clone()
+            } else {
+                args.executor_endpoints.clone()
+            };
+            let scorer = if endpoints.is_empty() {
+                Scorer::local(args.sandbox.over(run.executor.clone())).await?
+            } else {
+                Scorer::remote(&endpoints, run.rollout.executor_client.clone())?
+            };
+            (config, teacher, scorer)
+        }
+        None => {
+            let config = args.teacher.to_config()?;
+            let teacher = args.teacher.teacher(&config)?;
+            let scorer = if args.executor_endpoints.is_empty() {
+                Scorer::local(args.sandbox.to_config()).await?
+            } else {
+                Scorer::remote(&args.executor_endpoints, ClientConfig::default())?
+            };
+            (config, teacher, scorer)
+        }
     };
     let source = TraceSource::new(&config, teacher, scorer)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
