@@ -8,7 +8,7 @@
 #
 #   worker --frames-- zygote (root, this slot's mount/net/uts namespaces, never runs
 #                      |  |   untrusted code)
-#       fork per job   |  |  clone(NEWPID|NEWNS|NEWIPC) per job
+#       fork per job   |  |  fork into new pid, mount and ipc namespaces per job
 #                      T  U
 #   T: trusted tester, own uid, runs setup code and each test statement with its own
 #      pristine builtins, reports results on a pipe only it holds.
@@ -24,6 +24,7 @@ import ctypes
 import fcntl
 import gc
 import json
+import mmap
 import os
 import resource
 import select
@@ -72,6 +73,11 @@ BUILTIN_DENY = frozenset(
 
 MAX_DEPTH = 200
 SMALL_INT = 1 << 62
+
+# What json.dumps(value, separators=(",", ":")) uses, built once in the zygote instead
+# of once per message in every child (a fresh encoder per call touches, and so copies,
+# dozens of the zygote's pages in each child).
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class ProtocolError(Exception):
@@ -475,7 +481,7 @@ class Peer:
     # -- framing ----------------------------------------------------------------------
 
     def send(self, message):
-        data = json.dumps(message, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        data = _encode_json(message).encode("utf-8", "surrogatepass")
         try:
             self.sock.sendall(HEADER.pack(len(data)) + data)
         except OSError as err:
@@ -1108,6 +1114,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 class SetupError(Exception):
@@ -1139,9 +1146,17 @@ def mount(source, target, fstype, flags, data, what):
     )
 
 
+# One buffer per process name, made once in the zygote: ctypes creates (and caches) an
+# array type per buffer size, and doing that in every child costs ~100 page faults.
+_PROCESS_NAMES = {
+    name: ctypes.create_string_buffer(name.encode()[:15], 16)
+    for name in ("tgrpo-zygote", "tgrpo-tester", "tgrpo-program")
+}
+
+
 def set_process_name(name):
     """Names the process in ps/top (tgrpo-zygote, tgrpo-tester, tgrpo-program)."""
-    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    buffer = _PROCESS_NAMES[name]
     _libc.prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
 
 
@@ -1153,66 +1168,35 @@ def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
     return result
 
 
-CLONE_CHILD_CLEARTID = 0x00200000
-CLONE_CHILD_SETTID = 0x01000000
-SIGCHLD = 17
+class NewPidNamespace:
+    """Puts the next child of the zygote, and only that one, into a fresh pid namespace
+    (as its pid 1): unshare(CLONE_NEWPID) before os.fork(), then setns() back to the
+    zygote's own pid namespace, so that the next unshare is allowed again (the kernel
+    refuses a second unshare(CLONE_NEWPID) while the one before is still pending) and
+    T, forked later, stays out of it. U then unshares its mount and ipc namespaces
+    itself. Simpler than the raw clone(2) through ctypes it replaces (which had to find
+    glibc's tid field in its thread control block by scanning), and a little cheaper:
+    the child starts without returning through ctypes."""
 
-_pydll = ctypes.PyDLL(None, use_errno=True)
-_pydll.syscall.restype = ctypes.c_long
-_libc.pthread_self.restype = ctypes.c_void_p
+    def __init__(self):
+        # Opened before pivot_root hides /proc; closed in T and U by arrange_fds.
+        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-
-class Cloner:
-    """fork(2) into new namespaces: os.fork() plus clone flags.
-
-    A process can unshare(CLONE_NEWPID) only once (its later children all land in that
-    one namespace), so the zygote creates each program's pid namespace with a raw
-    clone(2) instead. Done as CPython's os.fork() does it: PyOS_BeforeFork, the
-    syscall, PyOS_AfterFork_Child/Parent (with the GIL held throughout: PyDLL). Like
-    glibc's fork, CLONE_CHILD_SETTID writes the child's tid into its thread control
-    block, so the libc functions that read it (raise, pthread_kill) stay correct. The
-    zygote is single-threaded, so no lock can be held by another thread at the clone.
-    """
-
-    def __init__(self, sys_clone, sys_gettid, arch):
-        self.sys_clone = sys_clone
-        self.child_tid_last = arch != "x86_64"
-        self.tid_address = None
-        self_thread = _libc.pthread_self()
-        tid = _libc.syscall(sys_gettid)
-        # The tid field's offset in glibc's struct pthread is not public: find it.
-        for offset in range(0, 4096, 4):
-            if ctypes.c_int.from_address(self_thread + offset).value == tid:
-                self.tid_address = self_thread + offset
-                break
-
-    def clone(self, namespace_flags):
-        flags = namespace_flags | SIGCHLD
-        child_tid = 0
-        if self.tid_address is not None:
-            flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID
-            child_tid = self.tid_address
-        if self.child_tid_last:
-            # (flags, stack, parent_tid, tls, child_tid): arm64 and most others.
-            args = (0, 0, 0, child_tid)
-        else:
-            # (flags, stack, parent_tid, child_tid, tls): x86_64.
-            args = (0, 0, child_tid, 0)
-        api = ctypes.pythonapi
-        api.PyOS_BeforeFork()
-        pid = _pydll.syscall(
-            ctypes.c_long(self.sys_clone),
-            ctypes.c_ulong(flags),
-            *(ctypes.c_void_p(arg) for arg in args),
-        )
-        if pid == 0:
-            api.PyOS_AfterFork_Child()
-            return 0
-        code = ctypes.get_errno() if pid < 0 else 0
-        api.PyOS_AfterFork_Parent()
-        if pid < 0:
-            raise OSError(code, "clone: " + os.strerror(code))
+    def fork(self):
+        unshare(CLONE_NEWPID, "unshare(pid)")
+        try:
+            pid = os.fork()
+        except OSError:
+            self._restore()
+            raise
+        if pid:
+            # The parent only: the child is the new namespace's init, and setns to an
+            # ancestor namespace would fail there.
+            self._restore()
         return pid
+
+    def _restore(self):
+        _check(_libc.setns(self.own, CLONE_NEWPID), "setns(own pid namespace)")
 
 
 class _SockFprog(ctypes.Structure):
@@ -1220,7 +1204,7 @@ class _SockFprog(ctypes.Structure):
 
 
 class Seccomp:
-    """The filter compiled by the worker (seccompiler) and handed over as raw BPF."""
+    """The filter assembled by the worker (src/seccomp.rs) and handed over as raw BPF."""
 
     def __init__(self, program_hex):
         raw = bytes.fromhex(program_hex)
@@ -1341,7 +1325,7 @@ def arrange_fds(sources):
 
 
 def result_line(fd, record):
-    fd_write_all(fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    fd_write_all(fd, _encode_json(record).encode() + b"\n")
 
 
 def tester_process(config, out_w, err_w, res_w, job_r, t_sock):
@@ -1499,6 +1483,9 @@ def program_process(config, out_w, err_w, u_sock, code_r, work_dir):
     arrange_fds([devnull, out_w, err_w, u_sock, code_r])
     code_fd = 4
     if sandbox:
+        # The pid namespace came with the fork; mount and ipc namespaces are U's own
+        # too (created here, while U is still root and runs nothing untrusted).
+        unshare(CLONE_NEWNS | CLONE_NEWIPC, "unshare(mount, ipc)")
         mount(
             "tmpfs",
             "/work",
@@ -1570,12 +1557,20 @@ class Capture:
 # Every byte of a job (program, tests, results, output) passes through the zygote only
 # in these buffers, which are zeroed after the job: the zygote's memory is what the next
 # programs are forked from, and no program may find another one's tests or code in it.
-SCRATCH = bytearray(1 << 16)
+# SCRATCH, the one every byte passes through, is not even mapped in the children
+# (MADV_DONTFORK): so fork does not share its pages and the zygote's writes to it cost
+# no copy-on-write faults.
+SCRATCH = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+SCRATCH.madvise(mmap.MADV_DONTFORK)
+_ZEROS = bytes(len(SCRATCH))
 
 
 def scrub(*buffers):
     for buffer in buffers:
-        buffer[:] = bytes(len(buffer))
+        if len(buffer) == len(_ZEROS):
+            buffer[:] = _ZEROS
+        else:
+            buffer[:] = bytes(len(buffer))
 
 
 def read_into_scratch(fd):
@@ -1699,7 +1694,7 @@ def _child(role, run):
 
 
 def prefork(config):
-    """Forks T, then clones U into fresh pid/mount/ipc namespaces: both are children of
+    """Forks T, then U into fresh pid/mount/ipc namespaces: both are children of
     the zygote, which reaps them itself (neither pid can be reused before it kills
     them)."""
     out_r, out_w = os.pipe()
@@ -1718,7 +1713,7 @@ def prefork(config):
     if t_pid == 0:
         _child("tester", lambda: tester_process(config, out_w, err_w, res_w, job_r, t_fd))
     if config["sandbox"]:
-        u_pid = CLONER.clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
+        u_pid = PID_NAMESPACE.fork()
     else:
         u_pid = os.fork()
     if u_pid == 0:
@@ -1838,11 +1833,11 @@ def finish_job(config, pending, started, timeout_s):
 # ---------------------------------------------------------------------------------------
 
 SECCOMP = None
-CLONER = None
+PID_NAMESPACE = None
 
 
 def main():
-    global SECCOMP, CLONER
+    global SECCOMP, PID_NAMESPACE
     ctl_in = os.dup(0)
     ctl_out = os.dup(1)
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -1858,7 +1853,8 @@ def main():
     set_process_name("tgrpo-zygote")
     try:
         SECCOMP = Seccomp(config["seccomp"]) if config["seccomp"] else None
-        CLONER = Cloner(config["sys_clone"], config["sys_gettid"], config["arch"])
+        if config["sandbox"]:
+            PID_NAMESPACE = NewPidNamespace()
         isolation = setup_slot(config)
     except SetupError as err:
         fd_write_frame(ctl_out, json.dumps({"ok": False, "step": err.step, "error": str(err)}).encode())
@@ -1866,6 +1862,10 @@ def main():
     except OSError as err:
         fd_write_frame(ctl_out, json.dumps({"ok": False, "step": "setup", "error": str(err)}).encode())
         return
+    # The compiler's AST types are created on the first compile() of a process: do it
+    # here, once, rather than in every tester and program (about a third of what an
+    # execution used to cost).
+    compile("pass", "<warm-up>", "exec", dont_inherit=True)
     # Everything imported from here on is shared copy-on-write by every execution; do
     # not let the collector touch (and so copy) those pages in each child.
     gc.collect()

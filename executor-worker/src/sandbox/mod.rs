@@ -321,9 +321,6 @@ impl SandboxPool {
             seccomp: seccomp::program_hex()?,
             root_dir: root_dir.path().to_string_lossy().into_owned(),
             sys_pivot_root: libc::SYS_pivot_root,
-            sys_clone: libc::SYS_clone,
-            sys_gettid: libc::SYS_gettid,
-            arch: std::env::consts::ARCH,
             u_uid: config.uid_base,
             t_uid: config.uid_base + 1,
             limits: WireLimits {

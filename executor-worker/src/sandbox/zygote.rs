@@ -37,10 +37,6 @@ pub(crate) struct ZygoteConfig {
     pub seccomp: String,
     pub root_dir: String,
     pub sys_pivot_root: i64,
-    pub sys_clone: i64,
-    pub sys_gettid: i64,
-    /// `std::env::consts::ARCH`: the argument order of clone(2) depends on it.
-    pub arch: &'static str,
     pub u_uid: u32,
     pub t_uid: u32,
     /// The same for every execution: T and U apply them before their job arrives.
