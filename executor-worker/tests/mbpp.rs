@@ -20,7 +20,13 @@ async fn every_mbpp_reference_and_wrong_variant() -> anyhow::Result<()> {
             .into_iter()
             .collect();
 
-    let scorer = Scorer::local(common::config(2)).await?;
+    // Verdicts, not speed, are under test: CPU-heavy references (task 123 computes for
+    // seconds) get room for a loaded CI machine instead of the 10 s production default.
+    let config = tgrpo_executor::ExecutorConfig {
+        default_timeout_s: 60.0,
+        ..common::config(2)
+    };
+    let scorer = Scorer::local(config).await?;
     let requests = tasks
         .iter()
         .flat_map(|task| [task.reference_request(), task.wrong_request()])
