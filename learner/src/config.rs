@@ -526,46 +526,24 @@ impl LearnerConfig {
     }
 }
 
-/// Which device a `device` string names: `None` for the CPU, `Some(ordinal)` for CUDA.
-/// Parsing touches no hardware, so a config can be validated anywhere.
+/// Which device a `device` string names (`None`: the CPU); see
+/// [`tgrpo_policy::device::parse_device_spec`].
 pub fn parse_device_spec(text: &str) -> Result<Option<usize>> {
-    match text.trim() {
-        "cpu" => Ok(None),
-        "cuda" => Ok(Some(0)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(ordinal)) => Ok(Some(ordinal)),
-            _ => Err(LearnerError::config(
-                "learner.device",
-                format!("`{other}` is not cpu, cuda or cuda:N"),
-            )),
-        },
-    }
+    tgrpo_policy::device::parse_device_spec(text)
+        .map_err(|message| LearnerError::config("learner.device", message))
 }
 
 /// Opens the device a `device` string names. A CUDA device in a build without the `cuda`
 /// feature fails here, with candle's reason.
 pub fn open_device(text: &str) -> Result<candle_core::Device> {
-    match parse_device_spec(text)? {
-        None => Ok(candle_core::Device::Cpu),
-        Some(ordinal) => candle_core::Device::new_cuda(ordinal).map_err(|err| {
-            LearnerError::config("learner.device", format!("cuda:{ordinal}: {err}"))
-        }),
-    }
+    tgrpo_policy::device::open_device(text)
+        .map_err(|message| LearnerError::config("learner.device", message))
 }
 
 /// The base weights' dtype a `dtype` string names (`auto`: f32 on the CPU, bf16 on a GPU).
 pub fn parse_dtype(text: &str, on_cpu: bool) -> Result<candle_core::DType> {
-    use candle_core::DType;
-    match text.trim() {
-        "auto" => Ok(if on_cpu { DType::F32 } else { DType::BF16 }),
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        other => Err(LearnerError::config(
-            "learner.dtype",
-            format!("`{other}` is not auto, f32, bf16 or f16"),
-        )),
-    }
+    tgrpo_policy::device::parse_dtype(text, on_cpu)
+        .map_err(|message| LearnerError::config("learner.dtype", message))
 }
 
 fn check_open_unit(field: &str, value: f64) -> Result<()> {

@@ -18,6 +18,7 @@
 //! - [`sampling`]: [`Model::generate`], left-padded batched decoding with a KV cache.
 //! - [`peft`]: PEFT directories (`adapter_model.safetensors` + `adapter_config.json`) and
 //!   safetensors bytes (the broadcast payload).
+//! - [`device`]: the config's device and dtype strings.
 //! - [`loading`]: [`ModelSource`] (dir / hub / gguf), [`LoadOptions`] (device, dtype).
 //! - [`policy`]: [`Policy`] = model + tokenizer + chat template + EOS ids + an
 //!   [`AdapterSlot`] whose adapter is swapped atomically under concurrent samplers.
@@ -62,6 +63,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod dropout;
 pub mod error;
 mod kernels;
