@@ -198,14 +198,14 @@ for_both_transports!(
 /// A resumed learner asks where the run's numbering stands: a second publisher of the
 /// same run (on NATS, a new connection, as a restarted process has) sees the last version
 /// the first one announced; another run sees nothing.
-async fn a_new_publisher_sees_the_versions_announced_before_it(
-    transport: Transport,
-) -> Result<()> {
+async fn a_new_publisher_sees_the_versions_announced_before_it(transport: Transport) -> Result<()> {
     let harness = Harness::new(transport).await?;
     let first = harness.publisher("run-resume").await?;
     assert_eq!(first.latest_announced_version().await?, None);
     for version in [1, 2, 5] {
-        first.publish(version, random_adapter(1_000, version)).await?;
+        first
+            .publish(version, random_adapter(1_000, version))
+            .await?;
     }
     assert_eq!(first.latest_announced_version().await?, Some(5));
     drop(first);

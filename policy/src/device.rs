@@ -24,9 +24,7 @@ pub fn parse_device_spec(text: &str) -> Result<Option<usize>, String> {
 pub fn open_device(text: &str) -> Result<Device, String> {
     match parse_device_spec(text)? {
         None => Ok(Device::Cpu),
-        Some(ordinal) => {
-            Device::new_cuda(ordinal).map_err(|err| format!("cuda:{ordinal}: {err}"))
-        }
+        Some(ordinal) => Device::new_cuda(ordinal).map_err(|err| format!("cuda:{ordinal}: {err}")),
     }
 }
 

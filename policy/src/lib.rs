@@ -84,5 +84,7 @@ pub use loading::{HubSource, LoadOptions, ModelFiles, ModelSource, load_model};
 pub use lora::{LoraAdapter, LoraConfig, LoraInit, LoraPair, LoraTarget, TrainableAdapter};
 pub use model::{ForwardMode, Model};
 pub use policy::{AdapterSlot, Policy};
-pub use sampling::{FinishReason, Generation, GenerationRequest, GenerationStats, SamplingParams, TextDecoder};
+pub use sampling::{
+    FinishReason, Generation, GenerationRequest, GenerationStats, SamplingParams, TextDecoder,
+};
 pub use scoring::{ScoreSequence, Scores};
