@@ -56,11 +56,15 @@ pub trait TrainablePolicy: Send {
     /// optimised; the base weights never change.
     fn trainable_vars(&self) -> Vec<(String, Var)>;
 
-    /// Scores a batch of sequences.
+    /// Scores a batch of sequences with the logits divided by `temperature`: the rollout
+    /// temperature for sampled completions (so the log-probs are under the distribution the
+    /// behaviour log-probs came from, and importance weights are unbiased), 1 for SFT
+    /// targets.
     fn score(
         &mut self,
         sequences: &[TokenSequence],
         mode: ScoreMode,
+        temperature: f64,
         with_entropy: bool,
     ) -> Result<TokenScores>;
 

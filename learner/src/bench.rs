@@ -21,7 +21,8 @@ use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tgrpo_policy::loading::model_from_tensors;
-use tgrpo_policy::{Family, LoadOptions, LoraConfig, ModelConfig, tiny};
+pub use tgrpo_policy::shapes::ModelShape;
+use tgrpo_policy::{LoadOptions, LoraConfig, ModelConfig, tiny};
 
 use crate::backend::{ScoreMode, TokenSequence, TrainablePolicy};
 use crate::config::{LearnerConfig, LrSchedule};
@@ -29,83 +30,6 @@ use crate::error::{LearnerError, Result};
 use crate::groups::{Completion, ScoredGroup};
 use crate::policy::{LoraPolicy, policy_error};
 use crate::trainer::{BatchContext, Learner};
-
-/// Which model shape to benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelShape {
-    /// The policy crate's tiny Qwen2 (2 layers, hidden 64).
-    Tiny,
-    /// SmolLM2-135M (Llama: 30 layers, hidden 576, GQA 9/3, vocab 49152, tied head).
-    Smollm2_135m,
-    /// Qwen2.5-1.5B (Qwen2: 28 layers, hidden 1536, GQA 12/2, vocab 151936, tied head).
-    Qwen25_1_5b,
-}
-
-impl ModelShape {
-    /// Parses `tiny`, `smollm2-135m` or `qwen2.5-1.5b`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.trim() {
-            "tiny" => Some(Self::Tiny),
-            "smollm2-135m" | "smollm2" => Some(Self::Smollm2_135m),
-            "qwen2.5-1.5b" | "qwen" => Some(Self::Qwen25_1_5b),
-            _ => None,
-        }
-    }
-
-    /// The name it is parsed from.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tiny => "tiny",
-            Self::Smollm2_135m => "smollm2-135m",
-            Self::Qwen25_1_5b => "qwen2.5-1.5b",
-        }
-    }
-
-    /// The decoder configuration of the shape.
-    pub fn config(self) -> ModelConfig {
-        match self {
-            Self::Tiny => tiny::config(Family::Qwen2),
-            Self::Smollm2_135m => ModelConfig {
-                family: Family::Llama,
-                vocab_size: 49_152,
-                hidden_size: 576,
-                intermediate_size: 1_536,
-                num_hidden_layers: 30,
-                num_attention_heads: 9,
-                num_key_value_heads: 3,
-                head_dim: 64,
-                max_position_embeddings: 8_192,
-                rope_theta: 100_000.0,
-                rope_scaling: None,
-                rms_norm_eps: 1e-5,
-                tie_word_embeddings: true,
-                qkv_bias: false,
-                o_bias: false,
-                bos_token_id: Some(1),
-                eos_token_id: vec![2],
-            },
-            Self::Qwen25_1_5b => ModelConfig {
-                family: Family::Qwen2,
-                vocab_size: 151_936,
-                hidden_size: 1_536,
-                intermediate_size: 8_960,
-                num_hidden_layers: 28,
-                num_attention_heads: 12,
-                num_key_value_heads: 2,
-                head_dim: 128,
-                max_position_embeddings: 32_768,
-                rope_theta: 1_000_000.0,
-                rope_scaling: None,
-                rms_norm_eps: 1e-6,
-                tie_word_embeddings: true,
-                qkv_bias: true,
-                o_bias: false,
-                bos_token_id: None,
-                eos_token_id: vec![151_645, 151_643],
-            },
-        }
-    }
-}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -278,7 +202,7 @@ pub fn bench_learner(options: &LearnerBenchOptions) -> Result<LearnerBenchReport
     let mut baseline_step_s = Vec::with_capacity(options.steps);
     for step in 0..total {
         let started = Instant::now();
-        let scores = policy.score(&sequences, ScoreMode::Train, false)?;
+        let scores = policy.score(&sequences, ScoreMode::Train, config.grpo.temperature, false)?;
         let loss =
             ((scores.logprobs * &scores.mask)?.sum_all()?.neg()? / trained_tokens_per_step as f64)?;
         optimizer.backward_step(&loss)?;

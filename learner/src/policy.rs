@@ -114,6 +114,7 @@ impl TrainablePolicy for LoraPolicy {
         &mut self,
         sequences: &[TokenSequence],
         mode: ScoreMode,
+        temperature: f64,
         with_entropy: bool,
     ) -> Result<TokenScores> {
         let sequences: Vec<ScoreSequence> = sequences
@@ -130,18 +131,23 @@ impl TrainablePolicy for LoraPolicy {
                 ForwardMode::Train {
                     dropout: Some(&mut self.dropout),
                 },
+                temperature,
                 with_entropy,
             ),
             ScoreMode::Frozen => self.model.score(
                 &sequences,
                 Some(self.adapter.adapter()),
                 ForwardMode::Inference,
+                temperature,
                 with_entropy,
             ),
-            ScoreMode::Reference => {
-                self.model
-                    .score(&sequences, None, ForwardMode::Inference, with_entropy)
-            }
+            ScoreMode::Reference => self.model.score(
+                &sequences,
+                None,
+                ForwardMode::Inference,
+                temperature,
+                with_entropy,
+            ),
         }
         .map_err(policy_error)?;
         let logprobs = if mode == ScoreMode::Train {

@@ -58,6 +58,7 @@ impl ToyPolicy {
                     score_from,
                 }],
                 ScoreMode::Frozen,
+                1.0,
                 false,
             )
             .unwrap();
@@ -125,6 +126,7 @@ impl TrainablePolicy for ToyPolicy {
         &mut self,
         sequences: &[TokenSequence],
         mode: ScoreMode,
+        temperature: f64,
         with_entropy: bool,
     ) -> Result<TokenScores> {
         let columns = sequences
@@ -158,6 +160,9 @@ impl TrainablePolicy for ToyPolicy {
         }
         if mode != ScoreMode::Train {
             logits = logits.detach();
+        }
+        if temperature != 1.0 {
+            logits = logits.affine(1.0 / temperature, 0.0)?;
         }
         let vocab = self.base.dim(1)?;
         let logits = logits.reshape((rows, columns, vocab))?;

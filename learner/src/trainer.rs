@@ -261,11 +261,21 @@ impl<P: TrainablePolicy> Learner<P> {
                 .map(|row| row.sequence.clone())
                 .collect();
             if needs_reference {
-                let scores = self.policy.score(&sequences, ScoreMode::Reference, false)?;
+                let scores = self.policy.score(
+                    &sequences,
+                    ScoreMode::Reference,
+                    grpo_config.temperature,
+                    false,
+                )?;
                 reference[chunk] = Some(scores.logprobs.detach());
             }
             if grpo_config.num_iterations > 1 {
-                let scores = self.policy.score(&sequences, ScoreMode::Frozen, false)?;
+                let scores = self.policy.score(
+                    &sequences,
+                    ScoreMode::Frozen,
+                    grpo_config.temperature,
+                    false,
+                )?;
                 frozen_old[chunk] = Some(scores.logprobs.detach());
             }
         }
@@ -302,7 +312,12 @@ impl<P: TrainablePolicy> Learner<P> {
                     let rows = &grpo_rows[grpo_chunks[chunk].clone()];
                     let sequences: Vec<TokenSequence> =
                         rows.iter().map(|row| row.sequence.clone()).collect();
-                    let scores = self.policy.score(&sequences, ScoreMode::Train, true)?;
+                    let scores = self.policy.score(
+                        &sequences,
+                        ScoreMode::Train,
+                        grpo_config.temperature,
+                        true,
+                    )?;
                     let old = match &frozen_old[chunk] {
                         Some(old) => old.clone(),
                         None => scores.logprobs.detach(),
@@ -449,7 +464,8 @@ impl<P: TrainablePolicy> Learner<P> {
         if sequences.is_empty() {
             return Ok(None);
         }
-        let scores = self.policy.score(sequences, ScoreMode::Train, false)?;
+        // SFT targets are not samples of the rollout distribution: the model's own (T = 1).
+        let scores = self.policy.score(sequences, ScoreMode::Train, 1.0, false)?;
         Ok(Some(masked_cross_entropy(
             &scores.logprobs,
             &scores.mask,

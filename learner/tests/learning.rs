@@ -6,7 +6,9 @@
 //! - teacher traces become (prompt, target) tokens with and without the `<think>` block;
 //! - a run stopped after step k and resumed from its checkpoint logs exactly the per-step
 //!   losses of an uninterrupted run (LoRA dropout on, two updates per batch, gradient
-//!   accumulation, all three loss terms).
+//!   accumulation, all three loss terms);
+//! - GRPO log-probs are scored at the rollout temperature, so the importance weights of a
+//!   policy's own samples at T = 0.7 are exactly 1.
 
 use std::sync::Arc;
 
@@ -18,7 +20,9 @@ use tgrpo_learner::{
     BatchContext, Completion, Learner, LearnerConfig, LoraPolicy, LrSchedule, ScoreMode,
     ScoredGroup, SftExample, StepMetrics, TokenSequence, TrainablePolicy,
 };
-use tgrpo_policy::{Family, LoadOptions, LoraConfig, ModelSource, Policy, tiny};
+use tgrpo_policy::{
+    Family, GenerationRequest, LoadOptions, LoraConfig, ModelSource, Policy, SamplingParams, tiny,
+};
 use tgrpo_teacher::TraceRecord;
 
 fn tiny_policy(dropout: f64) -> LoraPolicy {
@@ -54,7 +58,9 @@ fn mean_logprob(policy: &mut LoraPolicy, examples: &[(Vec<u32>, Vec<u32>)]) -> f
             score_from: prompt.len(),
         })
         .collect();
-    let scores = policy.score(&sequences, ScoreMode::Frozen, false).unwrap();
+    let scores = policy
+        .score(&sequences, ScoreMode::Frozen, 1.0, false)
+        .unwrap();
     let total = scores
         .logprobs
         .to_dtype(DType::F64)
@@ -129,6 +135,74 @@ fn grpo_raises_the_always_rewarded_completion() {
         others_after < others_before,
         "Σ log p(others) {others_before:.3} → {others_after:.3}"
     );
+}
+
+/// One GRPO batch of completions the tiny model itself sampled at `sample_at`, trained
+/// with `grpo.temperature = train_at`; returns the step's mean importance weight
+/// `min(exp(logp_old − logp_behaviour), cap)`. Before any update the learner's policy is
+/// the sampler's, so the weight is 1 exactly when both see the same distribution.
+fn importance_weight_of_own_samples(sample_at: f64, train_at: f64) -> f64 {
+    let mut config = base_config();
+    config.grpo.temperature = train_at;
+    config.grpo.importance_sampling_cap = Some(100.0);
+    config.dual_source.beta = 0.0;
+    config.dual_source.gamma = 0.0;
+    let policy = tiny_policy(0.0);
+    let sampler = policy.snapshot().unwrap();
+    let model = policy.model().clone();
+    let mut learner = Learner::new(policy, config, Vec::new(), 10).unwrap();
+    let groups: Vec<ScoredGroup> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(prompt_index, prompt)| {
+            let requests: Vec<GenerationRequest> = (0..4)
+                .map(|sample| GenerationRequest {
+                    prompt: prompt.to_vec(),
+                    params: SamplingParams {
+                        temperature: sample_at,
+                        max_new_tokens: 8,
+                        seed: (prompt_index * 4 + sample) as u64,
+                        ignore_eos: true,
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            let generations = model
+                .generate(&requests, Some(&sampler), None, &[])
+                .unwrap();
+            ScoredGroup {
+                key: format!("t:{prompt_index}"),
+                prompt_id: format!("p{prompt_index}"),
+                prompt_tokens: prompt.to_vec(),
+                completions: generations
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, generation)| Completion {
+                        tokens: generation.tokens,
+                        behaviour_logprobs: generation.logprobs,
+                        reward: index as f64,
+                    })
+                    .collect(),
+                adapter_version: 0,
+            }
+        })
+        .collect();
+    let metrics = learner
+        .train_batch(&groups, BatchContext::default())
+        .unwrap();
+    metrics[0].importance_weight_mean
+}
+
+/// The learner scores GRPO completions at `grpo.temperature` (the rollout temperature), so
+/// completions sampled at T = 0.7 get importance weight 1 before any update; scoring them
+/// at T = 1 (the old bias) would not.
+#[test]
+fn grpo_scores_at_the_rollout_temperature() {
+    let matched = importance_weight_of_own_samples(0.7, 0.7);
+    let mismatched = importance_weight_of_own_samples(0.7, 1.0);
+    println!("importance weight: matched {matched}, scored at T=1 {mismatched}");
+    assert!((matched - 1.0).abs() < 1e-4, "{matched}");
+    assert!((mismatched - 1.0).abs() > 1e-2, "{mismatched}");
 }
 
 fn problem(index: usize) -> Problem {

@@ -24,6 +24,9 @@
 //!   [`AdapterSlot`] whose adapter is swapped atomically under concurrent samplers.
 //! - [`tokenizer`], [`chat`]: tokenizer (tokenizer.json or GGUF metadata), chat templates.
 //! - [`tiny`]: seeded tiny random models in HF format for tests and the CPU demo.
+//! - [`shapes`]: production-shaped configs (Qwen2.5-1.5B, SmolLM2-135M) for benchmarks.
+//! - [`bench`]: the sampling benchmark (`tgrpo bench sample`): tokens/s at several batch
+//!   sizes next to candle-transformers' own model on the same weights.
 //!
 //! # The learner's calls
 //! ```
@@ -36,10 +39,12 @@
 //! let trainable = TrainableAdapter::new(model.config(), &lora, 1, &Device::Cpu, DType::F32)?;
 //! let mut dropout = DropoutRng::new(42); // checkpoint `dropout.state()` for exact resume
 //! let batch = [ScoreSequence { tokens: vec![5, 6, 7, 8, 9], score_from: 2 }];
-//! // Policy log-probs (train mode: differentiable, LoRA dropout on).
-//! let scores = model.score(&batch, Some(trainable.adapter()), ForwardMode::Train { dropout: Some(&mut dropout) }, true)?;
+//! // Policy log-probs (train mode: differentiable, LoRA dropout on) at the rollout
+//! // temperature, so they are comparable with the sampler's behaviour log-probs.
+//! let temperature = 0.7;
+//! let scores = model.score(&batch, Some(trainable.adapter()), ForwardMode::Train { dropout: Some(&mut dropout) }, temperature, true)?;
 //! // Reference log-probs: the same base weights with the adapter off.
-//! let reference = model.score(&batch, None, ForwardMode::Inference, false)?;
+//! let reference = model.score(&batch, None, ForwardMode::Inference, temperature, false)?;
 //! let loss = (scores.logprobs - reference.logprobs.detach()).unwrap().sqr().unwrap().sum_all().unwrap();
 //! let grads = loss.backward().unwrap();
 //! for (peft_name, var) in trainable.vars() {
@@ -57,15 +62,17 @@
 //! - Scoring pads on the right; position `j` of a [`Scores`] row is token
 //!   `tokens[score_from + j]`. Sampling pads on the left internally; callers never see it.
 //! - Behaviour log-probs are under the sampling distribution (after temperature, top-k,
-//!   top-p); at temperature 1 without truncation they equal [`Model::score`]'s.
+//!   top-p); without truncation they equal [`Model::score`]'s at the same temperature.
 //! - CPU runs f32; the `cuda` feature adds CUDA (load with `dtype: BF16` there).
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod device;
 pub mod dropout;
 pub mod error;
+mod frozen;
 mod kernels;
 pub mod loading;
 pub mod lora;
@@ -74,6 +81,7 @@ pub mod peft;
 pub mod policy;
 pub mod sampling;
 pub mod scoring;
+pub mod shapes;
 pub mod tiny;
 pub mod tokenizer;
 

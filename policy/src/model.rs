@@ -11,6 +11,10 @@
 //!   0.11 `ops::rms_norm`, `rotary_emb::rope` and `ops::softmax_last_dim` have no backward —
 //!   gradients would silently stop there. LoRA dropout applies only in train mode.
 //!
+//! Base-model linears (the seven projections and the LM head) use a matmul whose backward
+//! skips the frozen weight's gradient (`crate::frozen`): candle's own matmul would compute
+//! and store it, a third of the backward's work spent on a constant.
+//!
 //! Attention never materialises repeated K/V heads: the queries of one KV group are folded
 //! into the row dimension (`(B, n_kv, groups·L, d) @ (B, n_kv, d, T)`), which keeps the KV
 //! cache un-copied at decode time.
@@ -20,8 +24,8 @@
 use crate::config::{Family, ModelConfig, rope_inv_freq};
 use crate::dropout::DropoutRng;
 use crate::error::{CandleContext, PolicyError, Result};
-use crate::kernels;
 use crate::lora::{LoraAdapter, LoraPair, LoraTarget};
+use crate::{frozen, kernels};
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -71,12 +75,15 @@ impl<'a> Pass<'a> {
 
 /// `x @ w.T (+ bias)`, flattening leading dims so the CPU and CUDA backends run one plain
 /// GEMM instead of a broadcast batched matmul. With `fast` (inference only: no backward),
-/// few f32 rows on the CPU go through the streaming decode kernel instead.
+/// few f32 rows on the CPU go through the streaming decode kernel instead. A `frozen`
+/// weight (the base model's, never trained) gets no gradient: its backward computes only
+/// the input's (see `crate::frozen`); LoRA matrices pass `false`.
 fn linear_forward(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     fast: bool,
+    frozen: bool,
 ) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_features = *dims.last().unwrap_or(&0);
@@ -101,7 +108,11 @@ fn linear_forward(
     let y = match fused {
         Some(mut out) => out.remove(0),
         None => {
-            let y = x2.matmul(&weight.t()?)?;
+            let y = if frozen {
+                frozen::frozen_linear(&x2, weight)?
+            } else {
+                x2.matmul(&weight.t()?)?
+            };
             match bias {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,
@@ -150,7 +161,7 @@ impl Proj {
         pass: &mut Pass,
     ) -> candle_core::Result<Tensor> {
         let fast = !pass.differentiable;
-        let base = linear_forward(xs, &self.weight, self.bias.as_ref(), fast)?;
+        let base = linear_forward(xs, &self.weight, self.bias.as_ref(), fast, true)?;
         let (Some(slots), Some(adapter)) = (lora, pass.adapter) else {
             return Ok(base);
         };
@@ -174,10 +185,11 @@ impl Proj {
             x = (x * mask)?;
         }
         let delta = linear_forward(
-            &linear_forward(&x, &pair.a, None, fast)?,
+            &linear_forward(&x, &pair.a, None, fast, false)?,
             &pair.b,
             None,
             fast,
+            false,
         )?;
         let delta = (delta * adapter.scale())?;
         let delta = if delta.dtype() == base.dtype() {
@@ -778,13 +790,13 @@ impl Model {
     /// Logits `(…, vocab)` of final hidden states `(…, hidden)` (differentiable).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         let weight = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        linear_forward(hidden, weight, None, false).ctx(|| "lm head".to_string())
+        linear_forward(hidden, weight, None, false, true).ctx(|| "lm head".to_string())
     }
 
     /// The LM head for sampling: no backward, the decode kernel for few rows.
     pub(crate) fn lm_head_inference(&self, hidden: &Tensor) -> Result<Tensor> {
         let weight = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        linear_forward(hidden, weight, None, true).ctx(|| "lm head".to_string())
+        linear_forward(hidden, weight, None, true, true).ctx(|| "lm head".to_string())
     }
 
     /// Logits `(B, L, vocab)` for unpadded token rows `(B, L)` (u32), positions from 0,

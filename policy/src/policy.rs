@@ -233,14 +233,17 @@ impl Policy {
         )
     }
 
-    /// Scores sequences with an explicit adapter (see [`Model::score`]).
+    /// Scores sequences with an explicit adapter at a sampling temperature (see
+    /// [`Model::score`]).
     pub fn score(
         &self,
         sequences: &[ScoreSequence],
         adapter: Option<&LoraAdapter>,
         mode: ForwardMode,
+        temperature: f64,
         with_entropy: bool,
     ) -> Result<Scores> {
-        self.model.score(sequences, adapter, mode, with_entropy)
+        self.model
+            .score(sequences, adapter, mode, temperature, with_entropy)
     }
 }

@@ -149,7 +149,7 @@ pub struct Generation {
     /// no decoder was given).
     pub text: String,
     /// Per token: log-prob under the sampling distribution (after temperature, top-k and
-    /// top-p); equal to the model's log-prob at temperature 1 without truncation.
+    /// top-p); without truncation, equal to [`Model::score`]'s at the same temperature.
     pub logprobs: Vec<f32>,
     /// Why it stopped.
     pub finish_reason: FinishReason,

@@ -41,11 +41,19 @@ pub struct Scores {
 impl Model {
     /// Scores a batch. `adapter: None` gives the reference (base) policy; `mode` selects
     /// fused inference kernels or the differentiable train path (with LoRA dropout).
+    ///
+    /// `temperature` divides the logits before the softmax, as sampling does: to score
+    /// completions sampled at temperature `T` under the distribution they were drawn from
+    /// (so that importance weights against the behaviour log-probs are unbiased), pass the
+    /// same `T`; pass 1 for the model's own distribution (SFT cross-entropy). Entropy is of
+    /// the tempered distribution too. It must be finite and positive (greedy decoding has
+    /// no log-probs to match).
     pub fn score(
         &self,
         sequences: &[ScoreSequence],
         adapter: Option<&LoraAdapter>,
         mode: ForwardMode,
+        temperature: f64,
         with_entropy: bool,
     ) -> Result<Scores> {
         let cfg = self.config();
@@ -54,6 +62,14 @@ impl Model {
             return Err(PolicyError::Request {
                 index: 0,
                 message: "empty scoring batch".into(),
+            });
+        }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(PolicyError::Request {
+                index: 0,
+                message: format!(
+                    "scoring temperature {temperature} is not a finite positive number"
+                ),
             });
         }
         for (index, seq) in sequences.iter().enumerate() {
@@ -136,6 +152,11 @@ impl Model {
             .and_then(|h| h.index_select(&gather_rows, 0))
             .ctx(ctx)?;
         let logits = self.lm_head(&hidden)?.to_dtype(out_dtype).ctx(ctx)?;
+        let logits = if temperature == 1.0 {
+            logits
+        } else {
+            logits.affine(1.0 / temperature, 0.0).ctx(ctx)?
+        };
         let (logprobs, entropy) = token_logprobs(&logits, &targets, with_entropy).ctx(ctx)?;
         let logprobs = logprobs
             .reshape((b_sz, c_len))

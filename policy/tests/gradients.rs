@@ -31,7 +31,9 @@ fn batch() -> Vec<ScoreSequence> {
 /// A scalar loss from the per-token log-probs: a fixed weighted sum (weights of both signs,
 /// so no term can hide another).
 fn loss(model: &Model, adapter: &LoraAdapter, mode: ForwardMode) -> Tensor {
-    let scores = model.score(&batch(), Some(adapter), mode, false).unwrap();
+    let scores = model
+        .score(&batch(), Some(adapter), mode, 1.0, false)
+        .unwrap();
     let (b, c) = scores.logprobs.dims2().unwrap();
     let weights: Vec<f64> = (0..b * c)
         .map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0)
@@ -248,6 +250,7 @@ fn a_few_sgd_steps_lower_the_loss() {
                 &batch(),
                 Some(adapter),
                 ForwardMode::train_no_dropout(),
+                1.0,
                 false,
             )
             .unwrap();

@@ -130,10 +130,14 @@ fn greedy_kv_cache_decoding_equals_full_recomputation_argmax() {
     }
 }
 
-#[test]
-fn scoring_reproduces_behaviour_logprobs_at_temperature_one() {
+/// Samples at `temperature` and scores the same tokens at `temperature` (in both forward
+/// modes); returns the largest |scored − behaviour| log-prob difference. `score_at` is the
+/// temperature handed to the scorer (equal to `temperature` unless a test wants to show
+/// the mismatch).
+fn scored_vs_behaviour(temperature: f64, score_at: f64) -> f32 {
     let (model, adapter) = setup(Family::Llama);
     let reqs = requests(|i| SamplingParams {
+        temperature,
         max_new_tokens: 5 + 2 * i,
         seed: 100 + i as u64,
         ..Default::default()
@@ -151,12 +155,14 @@ fn scoring_reproduces_behaviour_logprobs_at_temperature_one() {
             }
         })
         .collect();
+    let mut worst = 0f32;
     for mode in [ForwardMode::Inference, ForwardMode::train_no_dropout()] {
-        let scores = model.score(&sequences, Some(&adapter), mode, true).unwrap();
+        let scores = model
+            .score(&sequences, Some(&adapter), mode, score_at, true)
+            .unwrap();
         let logprobs: Vec<Vec<f32>> = scores.logprobs.to_vec2().unwrap();
         let mask: Vec<Vec<f32>> = scores.mask.to_vec2().unwrap();
         let entropy: Vec<Vec<f32>> = scores.entropy.unwrap().to_vec2().unwrap();
-        let mut worst = 0f32;
         for (b, generation) in out.iter().enumerate() {
             assert_eq!(scores.num_scored[b], generation.tokens.len());
             for (j, &lp) in generation.logprobs.iter().enumerate() {
@@ -172,8 +178,47 @@ fn scoring_reproduces_behaviour_logprobs_at_temperature_one() {
                 assert_eq!(logprobs[b][j], 0.0);
             }
         }
-        println!("scored vs sampled log-prob max |diff| {worst:e}");
-        assert!(worst < 1e-4, "{worst}");
+    }
+    println!("T={temperature}, scored at {score_at}: max |scored − sampled| {worst:e}");
+    worst
+}
+
+#[test]
+fn scoring_reproduces_behaviour_logprobs_at_temperature_one() {
+    let worst = scored_vs_behaviour(1.0, 1.0);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+/// The learner scores at the rollout temperature: then the importance weights
+/// `exp(logp − behaviour)` of unchanged weights are exactly 1; scoring at T = 1 instead
+/// biases them (the control below shows the gap is far above the tolerance).
+#[test]
+fn scoring_at_the_sampling_temperature_reproduces_behaviour_logprobs() {
+    let worst = scored_vs_behaviour(0.7, 0.7);
+    assert!(worst < 1e-4, "{worst}");
+    let untempered = scored_vs_behaviour(0.7, 1.0);
+    assert!(untempered > 1e-2, "{untempered}");
+}
+
+#[test]
+fn scoring_rejects_a_non_positive_temperature() {
+    let (model, adapter) = setup(Family::Qwen2);
+    let sequences = [ScoreSequence {
+        tokens: vec![1, 2, 3],
+        score_from: 1,
+    }];
+    for bad in [0.0, -1.0, f64::NAN] {
+        let err = model
+            .score(
+                &sequences,
+                Some(&adapter),
+                ForwardMode::Inference,
+                bad,
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("temperature"), "{err}");
     }
 }
 
