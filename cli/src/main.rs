@@ -19,6 +19,12 @@ struct Cli {
     #[command(flatten)]
     logging: logging::LoggingArgs,
 
+    /// Serve this process's Prometheus metrics at http://ADDR/metrics (any role; the
+    /// series are `tgrpo_executor_*`, `tgrpo_learner_*`, `tgrpo_rollout_*`,
+    /// `tgrpo_teacher_*`).
+    #[arg(long, global = true, env = "TGRPO_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +51,9 @@ enum Command {
     /// The learner: train the LoRA adapter on scored groups, teacher traces and the
     /// policy's best samples; serve prompts; publish adapters.
     Learner(commands::learner::LearnerArgs),
+    /// Distributed mode on one host: a nats-server, executors, the teacher proxy, the
+    /// learner and rollout workers as separate supervised processes from one config.
+    Launch(commands::launch::LaunchArgs),
     /// Print the effective run config (file, TGRPO_SECTION__KEY variables, --set) as TOML.
     Config(commands::config::ConfigCommandArgs),
     /// The data stage: MBPP into data/mbpp_{train,validation,test}.jsonl (resumes).
@@ -78,5 +87,31 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(commands::run(cli.command))
+    runtime.block_on(async {
+        // Serves on its own task for as long as the runtime runs (the whole command).
+        let _metrics = match cli.metrics_listen {
+            Some(address) => Some(
+                tgrpo_launcher::metrics_endpoint::serve(
+                    address,
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        commands::run(cli.command).await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's arguments (unique ids, valid conflicts) only when that
+    /// command is parsed; this checks every subcommand at once, so a clash between two
+    /// flattened argument groups fails here instead of at a user's first call.
+    #[test]
+    fn every_subcommand_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -180,6 +180,8 @@
 //! - `scoring`: request validation and verdict rules; [`scorer`]: the public handle.
 //! - [`service`]: the gRPC service; [`client`]: the balancing client.
 //! - [`mbpp`], [`bench`](mod@bench): data and benchmark for `tgrpo bench executor`.
+//! - [`metrics`]: the `tgrpo_executor_*` Prometheus series (requests, verdicts, queue
+//!   depth, in-flight executions, execution seconds, rejections).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -189,6 +191,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod mbpp;
+pub mod metrics;
 pub mod requests;
 pub mod reward;
 mod sandbox;

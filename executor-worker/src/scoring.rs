@@ -44,6 +44,17 @@ impl LocalScorer {
     /// Scores one request, waiting for a free slot. Only a closed pool is an error.
     pub async fn score(&self, request: ScoreRequest) -> Result<ScoreResponse, ExecutorError> {
         let started = Instant::now();
+        crate::metrics::request_taken();
+        let response = self.score_inner(request, started).await?;
+        crate::metrics::response_sent(response.verdict, started.elapsed());
+        Ok(response)
+    }
+
+    async fn score_inner(
+        &self,
+        request: ScoreRequest,
+        started: Instant,
+    ) -> Result<ScoreResponse, ExecutorError> {
         let job = match to_job(&request, &self.config) {
             Ok(job) => job,
             Err(reason) => return Ok(invalid_request(&request, &reason, started.elapsed())),

@@ -142,6 +142,7 @@ impl Executor for ExecutorService {
         let _permit = Arc::clone(&self.admission)
             .try_acquire_owned()
             .map_err(|_| {
+                crate::metrics::rejected();
                 Status::resource_exhausted(format!(
                     "the executor's queue is full ({} requests admitted)",
                     self.capacity

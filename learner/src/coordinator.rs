@@ -240,7 +240,9 @@ impl Coordinator {
             }
             freed.await;
         }
-        self.submit_now(group)
+        let result = self.submit_now(group);
+        crate::prometheus::record_group(outcome_label(result.outcome));
+        result
     }
 
     fn submit_now(&self, group: pb::ScoredGroup) -> pb::GroupResult {
@@ -421,6 +423,8 @@ impl Coordinator {
         state.step = step;
         state.skipped_steps = skipped_steps;
         state.in_training.clear();
+        drop(state);
+        crate::prometheus::record_adapter_version(adapter_version);
     }
 
     /// Ends training: the trainer's next wait returns `None`, workers hear `finished`.
@@ -454,6 +458,17 @@ impl Coordinator {
         state.scheduler.restore(snapshot);
         state.buffer.clear();
         state.in_training.clear();
+    }
+}
+
+/// The `outcome` label of a group answer in the learner's Prometheus metrics.
+fn outcome_label(outcome: i32) -> &'static str {
+    match pb::GroupOutcome::try_from(outcome) {
+        Ok(pb::GroupOutcome::Accepted) => "accepted",
+        Ok(pb::GroupOutcome::Stale) => "stale",
+        Ok(pb::GroupOutcome::Duplicate) => "duplicate",
+        Ok(pb::GroupOutcome::Skipped) => "skipped",
+        _ => "rejected",
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`trainer`]: [`Learner`], one batch → `num_iterations` optimizer steps.
 //! - [`checkpoint`]: atomic checkpoint directories, keep-last-K.
 //! - [`metrics`]: the per-step JSONL metrics.
+//! - [`prometheus`]: the live `tgrpo_learner_*` Prometheus series (step, losses, reward,
+//!   groups by outcome, adapter version, tokens/s).
 //! - [`scheduler`]: the prompt order over epochs, leases, idempotent answers.
 //! - [`coordinator`]: prompts out, groups in (staleness, duplicates), batches to the trainer.
 //! - [`service`]: [`TrainingRun`] (training thread, checkpoints, adapter publication) and
@@ -38,6 +40,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod policy;
+pub mod prometheus;
 pub mod role;
 pub mod scheduler;
 pub mod service;

@@ -450,6 +450,7 @@ impl<P: TrainablePolicy> Learner<P> {
         self.state.teacher_cursor = self.teacher.cursor();
         for metrics in &mut all_metrics {
             metrics.adapter_version = self.state.adapter_version;
+            crate::prometheus::record_step(metrics);
         }
         Ok(all_metrics)
     }

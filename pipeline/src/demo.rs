@@ -143,9 +143,11 @@ pub const MODEL_DESCRIPTION: &str = "a tiny Qwen2-style decoder (2 layers, hidde
 /// everything under `outputs/demo/`, the built-in problems and model, the reference
 /// teacher asked about the first [`TAUGHT_PROBLEMS`] problems, CPU.
 pub fn config() -> TgrpoConfig {
-    let mut config = TgrpoConfig::default();
-    config.run_id = "demo".to_string();
-    config.output_dir = PathBuf::from("outputs/demo");
+    let mut config = TgrpoConfig {
+        run_id: "demo".to_string(),
+        output_dir: PathBuf::from("outputs/demo"),
+        ..TgrpoConfig::default()
+    };
     config.model.source = DEMO_MODEL_SOURCE.to_string();
     config.model.device = "cpu".to_string();
     config.model.dtype = "f32".to_string();

@@ -143,8 +143,16 @@ pub struct EvalResults {
     pub num_skipped: usize,
     /// The settings the numbers came from.
     pub settings: EvalSettings,
-    /// Seconds of sampling and scoring in the run that finished the file.
+    /// Seconds of sampling and scoring in the run that finished the file (model loading
+    /// excluded: it is `load_s`).
     pub wall_s: f64,
+    /// Seconds that run spent loading the model (and adapter) and starting the scorer;
+    /// a real model takes seconds to load, which would otherwise dilute the throughput.
+    #[serde(default)]
+    pub load_s: f64,
+    /// Tokens generated in that run (all samples, prompt tokens excluded).
+    #[serde(default)]
+    pub generated_tokens: usize,
     /// Samples generated and scored per second in that run.
     pub samples_per_s: f64,
     /// Tokens generated per second in that run.
@@ -350,7 +358,9 @@ pub async fn evaluate(
         .cloned()
         .collect();
 
-    let started = Instant::now();
+    let load_started = Instant::now();
+    let mut load_s = 0.0;
+    let mut started = Instant::now();
     let mut generated_tokens = 0usize;
     let mut generated_samples = 0usize;
     if !pending.is_empty() {
@@ -386,6 +396,8 @@ pub async fn evaluate(
             ..config.rollout.sampler_config()
         };
         let sampler = Sampler::new(policy, scorer, sampler_config)?;
+        load_s = load_started.elapsed().as_secs_f64();
+        started = Instant::now();
         let sampling = SamplingSettings {
             num_samples: settings.num_samples,
             temperature: settings.temperature,
@@ -456,6 +468,8 @@ pub async fn evaluate(
         num_skipped,
         settings: settings.clone(),
         wall_s,
+        load_s,
+        generated_tokens,
         samples_per_s: if wall_s > 0.0 {
             generated_samples as f64 / wall_s
         } else {

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench_loop;
 pub mod config;
 pub mod data;
 pub mod demo;
@@ -26,4 +27,4 @@ pub mod train;
 
 pub use config::{ConfigError, EnvSource, NoEnv, Override, ProcessEnv, TgrpoConfig};
 pub use error::{PipelineError, Result};
-pub use train::{StageOptions, TrainReport, train, train_loop};
+pub use train::{StageOptions, TimedLoop, TrainReport, timed_train_loop, train, train_loop};

@@ -16,6 +16,10 @@ use crate::report::{Panel, pass_at_k_panel, training_panels, write_svg};
 use crate::synthesis::{SynthesisReport, synthesize_traces};
 use crate::train::{StageOptions, TrainReport, train};
 
+/// `(step, loss_grpo, loss_teacher_sft, loss_self_sft)` of one optimizer step (a term is
+/// `None` when it was off or had no examples that step).
+pub type LossPoint = (u64, Option<f64>, Option<f64>, Option<f64>);
+
 /// What `run_all` / `run_local` did, stage by stage.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -32,7 +36,7 @@ pub struct RunReport {
     /// `(step, mean reward)` of every optimizer step, from `metrics.jsonl`.
     pub reward_curve: Vec<(u64, f64)>,
     /// `(step, loss_grpo, loss_teacher_sft, loss_self_sft)` of every step.
-    pub loss_curve: Vec<(u64, Option<f64>, Option<f64>, Option<f64>)>,
+    pub loss_curve: Vec<LossPoint>,
     /// Task ids that had at least one passing teacher trace.
     pub taught_tasks: BTreeSet<String>,
     /// The run's report (training panels and pass@k).
@@ -145,10 +149,7 @@ pub async fn run_local(
     stages(config, api_key, options, true).await
 }
 
-type Curves = (
-    Vec<(u64, f64)>,
-    Vec<(u64, Option<f64>, Option<f64>, Option<f64>)>,
-);
+type Curves = (Vec<(u64, f64)>, Vec<LossPoint>);
 
 /// Reward and loss terms per step from `metrics.jsonl` (missing file: empty curves).
 pub fn read_curves(metrics: &std::path::Path) -> Result<Curves> {

@@ -159,6 +159,32 @@ pub async fn train_loop(
     problems: Vec<Problem>,
     options: &StageOptions,
 ) -> Result<(RunSummary, Vec<WorkerSummary>)> {
+    let run = timed_train_loop(config, policy, learner, problems, options).await?;
+    Ok((run.summary, run.workers))
+}
+
+/// What [`timed_train_loop`] returns: the summaries and how long training itself took.
+#[derive(Debug, Clone)]
+pub struct TimedLoop {
+    /// The learner's summary.
+    pub summary: RunSummary,
+    /// Each rollout worker's summary.
+    pub workers: Vec<WorkerSummary>,
+    /// From the start of the learner's training run (workers already running, the
+    /// executor pool warm) to its end, the final checkpoint and adapter included; without
+    /// the setup before it and the workers' shutdown after it. What the loop benchmark
+    /// divides by.
+    pub training: Duration,
+}
+
+/// [`train_loop`], also timing the training run itself (see [`TimedLoop::training`]).
+pub async fn timed_train_loop(
+    config: &TgrpoConfig,
+    policy: Policy,
+    learner: Learner<LoraPolicy>,
+    problems: Vec<Problem>,
+    options: &StageOptions,
+) -> Result<TimedLoop> {
     let metrics_path = config.training.output_dir.join("metrics.jsonl");
     let schedule_steps = learner.schedule_steps();
     tracing::info!(
@@ -216,7 +242,9 @@ pub async fn train_loop(
         })
     };
 
+    let training_started = Instant::now();
     let summary = run.train(options.cancel.child_token()).await;
+    let training = training_started.elapsed();
     let _ = monitor.await;
     bar.finish_and_clear();
     // The coordinator now answers `finished`: workers leave on their next lease. Give
@@ -234,7 +262,11 @@ pub async fn train_loop(
         }
     }
     workers_stop.cancel();
-    Ok((summary?, summaries))
+    Ok(TimedLoop {
+        summary: summary?,
+        workers: summaries,
+        training,
+    })
 }
 
 fn push_worker(

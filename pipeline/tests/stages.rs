@@ -129,8 +129,10 @@ fn scripted_eval_setup(dir: &Path) -> (TgrpoConfig, EvalSettings) {
         row(14, "def f(x): return 0", "assert f(5) == 0"),
     ];
     tgrpo_dataset::jsonl::write_atomic(&data, &rows).unwrap();
-    let mut config = TgrpoConfig::default();
-    config.output_dir = dir.join("outputs");
+    let mut config = TgrpoConfig {
+        output_dir: dir.join("outputs"),
+        ..TgrpoConfig::default()
+    };
     config.model.source = model.display().to_string();
     config.executor = executor_config();
     config.evaluation.data_path = Some(data);
@@ -180,11 +182,29 @@ async fn eval_counts_passes_per_task_and_resumes_from_its_file() {
         Some("def f(x): return 1")
     );
     assert!(results.tokens_per_s > 0.0);
+    // Every token is counted (the scripted model gives all 12 samples the same answer),
+    // and the throughput is over sampling and scoring, model loading apart.
+    assert!(
+        results.generated_tokens > 0 && results.generated_tokens % 12 == 0,
+        "{results:?}"
+    );
+    assert!(
+        (results.tokens_per_s * results.wall_s - results.generated_tokens as f64).abs() < 1e-6,
+        "{results:?}"
+    );
+    assert!(results.load_s > 0.0, "{results:?}");
 
     // The file holds the same; the SVG is next to it; the partial file is gone.
     let text = std::fs::read_to_string(&settings.output).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for key in ["pass_at_k", "num_tasks", "num_samples_per_task", "tasks"] {
+    for key in [
+        "pass_at_k",
+        "num_tasks",
+        "num_samples_per_task",
+        "tasks",
+        "generated_tokens",
+        "load_s",
+    ] {
         assert!(json.get(key).is_some(), "missing {key}");
     }
     assert!(settings.output.with_extension("svg").is_file());

@@ -19,6 +19,8 @@
 //!   failure).
 //! - [`config`]: [`RolloutConfig`], the `[rollout]` section.
 //! - [`backoff`]: [`Backoff`], exponential with jitter.
+//! - [`metrics`]: the `tgrpo_rollout_*` Prometheus series (groups, tokens, adapter
+//!   version, executor and learner errors).
 //! - `testing` (feature `testing`): a tiny model that answers with a chosen program.
 //!
 //! # Running a worker in-process
@@ -64,6 +66,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod learner;
+pub mod metrics;
 pub mod sampling;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -801,6 +801,7 @@ async fn score_with_retry(
                 return Ok(responses);
             }
             Err(source) => {
+                crate::metrics::executor_error();
                 let failures = backoff.failures() + 1;
                 if max_attempts > 0 && failures >= max_attempts {
                     return Err(RolloutError::Scoring {

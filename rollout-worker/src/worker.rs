@@ -298,11 +298,17 @@ impl RolloutWorker {
         };
         match self.installer.offer(generation).await {
             InstallOutcome::Unchanged => {}
-            InstallOutcome::Installed(version) => self.stats.send_modify(|stats| {
-                stats.adapter_version = Some(version);
-                stats.adapters_loaded += 1;
-            }),
-            InstallOutcome::Failed(_) => self.stats.send_modify(|stats| stats.adapters_failed += 1),
+            InstallOutcome::Installed(version) => {
+                crate::metrics::adapter_installed(version);
+                self.stats.send_modify(|stats| {
+                    stats.adapter_version = Some(version);
+                    stats.adapters_loaded += 1;
+                });
+            }
+            InstallOutcome::Failed(_) => {
+                crate::metrics::adapter_failed();
+                self.stats.send_modify(|stats| stats.adapters_failed += 1);
+            }
         }
     }
 
@@ -331,6 +337,11 @@ impl RolloutWorker {
             .iter()
             .filter(|task| task.skipped.is_some())
             .count() as u64;
+        crate::metrics::batch_sampled(
+            batch.stats.sequences as u64,
+            batch.stats.generated_tokens as u64,
+            batch.stats.wall_s,
+        );
         self.stats.send_modify(|stats| {
             stats.completions += batch.stats.sequences as u64;
             stats.generated_tokens += batch.stats.generated_tokens as u64;
@@ -373,6 +384,7 @@ impl RolloutWorker {
                     return;
                 }
                 Attempt::Failed(status) => {
+                    crate::metrics::learner_error();
                     self.stats.send_modify(|stats| stats.learner_errors += 1);
                     if shutdown.is_cancelled() {
                         self.abandon(&groups, &status.to_string());
@@ -408,7 +420,15 @@ impl RolloutWorker {
         self.stats.send_modify(|stats| {
             for result in &response.results {
                 stats.groups_submitted += 1;
-                match pb::GroupOutcome::try_from(result.outcome) {
+                let outcome = pb::GroupOutcome::try_from(result.outcome);
+                crate::metrics::group_answered(match outcome {
+                    Ok(pb::GroupOutcome::Accepted) => "accepted",
+                    Ok(pb::GroupOutcome::Duplicate) => "duplicate",
+                    Ok(pb::GroupOutcome::Stale) => "stale",
+                    Ok(pb::GroupOutcome::Skipped) => "skipped",
+                    _ => "rejected",
+                });
+                match outcome {
                     Ok(pb::GroupOutcome::Accepted) => stats.accepted += 1,
                     Ok(pb::GroupOutcome::Duplicate) => {
                         stats.duplicates += 1;

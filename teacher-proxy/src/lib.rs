@@ -23,6 +23,8 @@
 //! - [`server`]: the gRPC service `tgrpo.teacher.v1.Teacher` (`tgrpo teacher-proxy`).
 //! - [`synthesis`]: the synthesis stage ([`synthesize`]) with progress and summary.
 //! - [`error`]: [`TeacherError`], the crate's one error type.
+//! - [`metrics`]: the `tgrpo_teacher_*` Prometheus series (requests, retries, cache
+//!   hits, failures, tokens, latency).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod local;
+pub mod metrics;
 pub mod parse;
 pub mod reference;
 pub mod server;

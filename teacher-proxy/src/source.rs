@@ -163,6 +163,7 @@ impl<T: Teacher, V: Verifier> TraceSource<T, V> {
     /// The verified trace for sample `sample_index` of `problem`. Errors name the problem
     /// and sample.
     pub async fn trace(&self, problem: &Problem, sample_index: u32) -> Result<TraceOutcome> {
+        crate::metrics::request();
         let result = self.trace_inner(problem, sample_index).await;
         let meter = &self.inner.meter;
         match &result {
@@ -173,6 +174,7 @@ impl<T: Teacher, V: Verifier> TraceSource<T, V> {
                 }
             }
             Err(_) => {
+                crate::metrics::failure();
                 meter.failures.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -190,14 +192,17 @@ impl<T: Teacher, V: Verifier> TraceSource<T, V> {
         let (body, from_cache, attempts) = match self.cached(&key).await {
             Some(body) => {
                 inner.meter.cache_hits.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::cache_hit();
                 (body, true, 0)
             }
             None => {
+                let started = std::time::Instant::now();
                 let reply = inner.teacher.chat(&request).await;
                 let attempts = match &reply {
                     Ok(reply) => reply.attempts,
                     Err(err) => attempts_of(err),
                 };
+                crate::metrics::teacher_answered(attempts, started.elapsed());
                 inner
                     .meter
                     .teacher_requests
@@ -231,6 +236,7 @@ impl<T: Teacher, V: Verifier> TraceSource<T, V> {
             })?;
         let usage = response.usage.unwrap_or_default();
         if !from_cache {
+            crate::metrics::tokens(usage.prompt_tokens, usage.completion_tokens);
             inner
                 .meter
                 .prompt_tokens

@@ -193,9 +193,15 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         results.pass_at_k_line()
     );
     if results.wall_s > 0.0 {
+        // A real model on a CPU makes well under one sample per second: three significant
+        // digits, not one decimal that prints 0.0.
         println!(
-            "throughput: {:.1} samples/s, {:.0} tokens/s ({:.1} s)",
-            results.samples_per_s, results.tokens_per_s, results.wall_s
+            "throughput: {:.3} samples/s, {:.1} tokens/s ({} tokens in {:.1} s; model loaded in {:.1} s)",
+            results.samples_per_s,
+            results.tokens_per_s,
+            results.generated_tokens,
+            results.wall_s,
+            results.load_s
         );
     }
     println!(

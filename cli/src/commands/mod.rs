@@ -5,12 +5,14 @@ pub mod bench;
 pub mod bench_broadcast;
 pub mod bench_executor;
 pub mod bench_learner;
+pub mod bench_sample;
 pub mod check;
 mod check_teacher;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod executor;
+pub mod launch;
 pub mod learner;
 pub mod local;
 pub mod rollout;
@@ -35,6 +37,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::TeacherProxy(args) => teacher_proxy::run(args).await,
         Command::Rollout(args) => rollout::run(args).await,
         Command::Learner(args) => learner::run(args).await,
+        Command::Launch(args) => launch::run(args).await,
         Command::Config(args) => config::run(args).await,
         Command::Data(args) => data::run(args).await,
         Command::Train(args) => train::run(args).await,

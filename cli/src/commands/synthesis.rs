@@ -35,7 +35,11 @@ pub struct SynthesisArgs {
     /// `TGRPO_SECTION__KEY` variables override it). Synthesis then asks `[synthesis]`'s
     /// teacher about the data stage's training problems (`learner.prompts_path`) and
     /// writes `teacher.traces_path`; the flags below override it.
-    #[arg(long = "config", env = "TGRPO_CONFIG", conflicts_with = "config")]
+    #[arg(
+        long = "config",
+        env = "TGRPO_CONFIG",
+        conflicts_with = "teacher_config"
+    )]
     pub run_config: Option<PathBuf>,
 
     /// The training problems.

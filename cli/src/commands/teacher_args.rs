@@ -14,7 +14,11 @@ use tgrpo_teacher::{AnyTeacher, HttpTeacher, LocalTeacher, TeacherConfig};
 #[derive(Debug, Clone, Args)]
 pub struct TeacherArgs {
     /// TOML file with a `[teacher]` section (fields of TeacherConfig; unknown keys are errors).
-    #[arg(long = "teacher-config", env = "TGRPO_TEACHER_CONFIG")]
+    #[arg(
+        id = "teacher_config",
+        long = "teacher-config",
+        env = "TGRPO_TEACHER_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     /// The teacher's OpenAI-compatible chat completions URL [default: http://localhost:8129/v1/chat/completions].
@@ -22,7 +26,11 @@ pub struct TeacherArgs {
     pub url: Option<String>,
 
     /// Served model name [default: Qwen/Qwen3-32B-FP8].
-    #[arg(long = "teacher-model", env = "TGRPO_TEACHER_MODEL")]
+    #[arg(
+        id = "teacher_model",
+        long = "teacher-model",
+        env = "TGRPO_TEACHER_MODEL"
+    )]
     pub model: Option<String>,
 
     /// Requests in flight at the teacher at most [default: 32].

@@ -19,7 +19,12 @@ pub struct TeacherProxyArgs {
     /// `TGRPO_SECTION__KEY` variables override it). The proxy takes `[teacher]`,
     /// `[synthesis]` (HTTP or local teacher), `[executor]` and the executors of
     /// `[rollout]`; the flags override it.
-    #[arg(long, env = "TGRPO_CONFIG", conflicts_with = "config")]
+    #[arg(
+        long = "config",
+        alias = "run-config",
+        env = "TGRPO_CONFIG",
+        conflicts_with = "teacher_config"
+    )]
     pub run_config: Option<std::path::PathBuf>,
 
     /// Address to serve gRPC on.

@@ -399,6 +399,7 @@ impl SandboxPool {
 
     /// Runs one job, waiting for a free slot.
     pub async fn execute(&self, job: Job) -> Result<ExecutionOutcome, ExecutorError> {
+        let queued = crate::metrics::GaugeGuard::queued();
         let permit = self
             .inner
             .permits
@@ -406,9 +407,12 @@ impl SandboxPool {
             .acquire_owned()
             .await
             .map_err(|_| ExecutorError::PoolClosed)?;
+        drop(queued);
+        let running = crate::metrics::GaugeGuard::running();
         let inner = Arc::clone(&self.inner);
         let task = tokio::spawn(async move {
             let _permit = permit;
+            let _running = running;
             inner.run(&job).await
         });
         task.await.map_err(|err| ExecutorError::Slot {
