@@ -39,7 +39,7 @@ enum Command {
     Executor(commands::executor::ExecutorArgs),
     /// Score a JSONL file of programs against their tests.
     Score(commands::score::ScoreArgs),
-    /// Connectivity and format checks (`tgrpo check teacher`).
+    /// Quick self-tests, one PASS/FAIL line each: executor, model, lora, teacher, nats, all.
     #[command(subcommand)]
     Check(commands::check::CheckCommand),
     /// The synthesis stage: verified teacher traces for the training problems (resumes).

@@ -17,7 +17,7 @@ use crate::error::{CandleContext, PolicyError, Result};
 use crate::loading::model_from_tensors;
 use crate::loading::{LoadOptions, load_gguf};
 use crate::lora::{LoraAdapter, LoraConfig, LoraInit};
-use crate::model::Model;
+use crate::model::{ForwardMode, Model};
 use crate::sampling::{GenerationRequest, SamplingParams};
 use crate::shapes::ModelShape;
 use crate::tiny;
@@ -149,6 +149,9 @@ pub struct SampleBenchReport {
     pub no_lora: Rate,
     /// candle-transformers' quantized model on the GGUF, batch 1 (GGUF models only).
     pub quantized: Option<Rate>,
+    /// Largest |ours − reference| over the next-token logits after the prompt (adapter
+    /// off): the two implementations agree on this device and dtype, not only in speed.
+    pub max_logit_diff: f32,
 }
 
 impl SampleBenchReport {
@@ -182,7 +185,7 @@ impl SampleBenchReport {
         for b in batches.iter().filter(|&&b| b != 1) {
             head.push_str(&format!(" B={b}/B=1 |"));
         }
-        head.push_str(" candle quantized B=1 |");
+        head.push_str(" candle quantized B=1 | max abs Δlogit vs ref |");
         let columns = head.matches('|').count() - 1;
         format!("{head}\n{}|", "|---".repeat(columns))
     }
@@ -208,7 +211,7 @@ impl SampleBenchReport {
             row.push_str(&format!(" {ratio} |"));
         }
         let quantized = self.quantized.map_or("-".into(), |r| r.cell());
-        row.push_str(&format!(" {quantized} |"));
+        row.push_str(&format!(" {quantized} | {:.2e} |", self.max_logit_diff));
         row
     }
 }
@@ -268,6 +271,23 @@ pub fn bench_sample(model: BenchModel, options: &SampleBenchOptions) -> Result<S
         .map(|i| (i * 31 + 7) % vocab)
         .collect();
     reference.generate(&prompt, 4)?;
+    let max_logit_diff = {
+        let ctx = || "logits against the reference".to_string();
+        let tokens = Tensor::new(prompt.as_slice(), &device)
+            .and_then(|t| t.unsqueeze(0))
+            .ctx(ctx)?;
+        let ours = policy.forward(&tokens, None, ForwardMode::Inference)?;
+        let ours = ours
+            .narrow(1, prompt.len() - 1, 1)
+            .and_then(|l| l.flatten_all())
+            .ctx(ctx)?;
+        let theirs = reference.last_logits(&prompt)?;
+        (ours.to_dtype(DType::F32).ctx(ctx)? - theirs.to_dtype(DType::F32).ctx(ctx)?)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .ctx(ctx)?
+    };
     let (mut ours_1, mut reference_1, mut plain_1) =
         (Rate::default(), Rate::default(), Rate::default());
     for _ in 0..options.rounds.max(1) {
@@ -298,6 +318,7 @@ pub fn bench_sample(model: BenchModel, options: &SampleBenchOptions) -> Result<S
         reference: reference_1,
         no_lora: plain_1,
         quantized,
+        max_logit_diff,
     })
 }
 
@@ -381,6 +402,25 @@ impl Reference {
             device: model.device().clone(),
             dtype,
         })
+    }
+
+    /// The next-token logits after `prompt` (fresh cache), flattened to `(vocab,)`.
+    fn last_logits(&mut self, prompt: &[u32]) -> Result<Tensor> {
+        let ctx = || "reference forward".to_string();
+        let input = Tensor::new(prompt, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .ctx(ctx)?;
+        let logits = match &mut self.model {
+            ReferenceModel::Qwen2(m) => {
+                m.clear_kv_cache();
+                m.forward(&input, 0)
+            }
+            ReferenceModel::Llama(m, c) => {
+                let mut cache = llama::Cache::new(true, self.dtype, c, &self.device).ctx(ctx)?;
+                m.forward(&input, 0, &mut cache)
+            }
+        };
+        logits.and_then(|l| l.flatten_all()).ctx(ctx)
     }
 
     /// Batch-1 generation of `new_tokens` tokens after `prompt` (temperature 1).
@@ -520,6 +560,7 @@ mod tests {
             reference: rate(8.0),
             no_lora: rate(12.0),
             quantized: None,
+            max_logit_diff: 1e-5,
         };
         assert_eq!(report.reference_ratio(), 1.25);
         assert_eq!(report.reference_ratio_no_lora(), 1.5);
