@@ -54,6 +54,9 @@ pub struct LearnerBenchOptions {
     pub dtype: DType,
     /// Seed of weights, tokens and adapter.
     pub seed: u64,
+    /// Micro-batches per step (`training.gradient_accumulation_steps`; the baseline
+    /// accumulates its gradients over the same split): what bounds activation memory.
+    pub micro_batches: usize,
 }
 
 impl Default for LearnerBenchOptions {
@@ -69,6 +72,7 @@ impl Default for LearnerBenchOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             seed: 42,
+            micro_batches: 1,
         }
     }
 }
@@ -159,7 +163,7 @@ pub fn bench_learner(options: &LearnerBenchOptions) -> Result<LearnerBenchReport
     config.grpo.max_new_tokens = options.completion_len;
     config.dual_source.beta = 0.0;
     config.dual_source.gamma = 0.0;
-    config.training.gradient_accumulation_steps = 1;
+    config.training.gradient_accumulation_steps = options.micro_batches.max(1);
     config.training.warmup_steps = 0;
     config.training.lr_schedule = LrSchedule::Constant;
     config.training.prompts_per_step = groups.len();
@@ -192,6 +196,7 @@ pub fn bench_learner(options: &LearnerBenchOptions) -> Result<LearnerBenchReport
         .into_iter()
         .map(|(_, var)| var)
         .collect();
+    let optimizer_vars = vars.clone();
     let mut optimizer = candle_nn::AdamW::new(
         vars,
         candle_nn::ParamsAdamW {
@@ -202,10 +207,28 @@ pub fn bench_learner(options: &LearnerBenchOptions) -> Result<LearnerBenchReport
     let mut baseline_step_s = Vec::with_capacity(options.steps);
     for step in 0..total {
         let started = Instant::now();
-        let scores = policy.score(&sequences, ScoreMode::Train, config.grpo.temperature, false)?;
-        let loss =
-            ((scores.logprobs * &scores.mask)?.sum_all()?.neg()? / trained_tokens_per_step as f64)?;
-        optimizer.backward_step(&loss)?;
+        let mut summed: Option<candle_core::backprop::GradStore> = None;
+        for chunk in sequences.chunks(sequences.len().div_ceil(options.micro_batches.max(1))) {
+            let scores = policy.score(chunk, ScoreMode::Train, config.grpo.temperature, false)?;
+            let loss = ((scores.logprobs * &scores.mask)?.sum_all()?.neg()?
+                / trained_tokens_per_step as f64)?;
+            let grads = loss.backward()?;
+            summed = Some(match summed {
+                None => grads,
+                Some(mut total) => {
+                    for var in optimizer_vars.iter() {
+                        if let (Some(add), Some(sum)) = (grads.get(var), total.get(var)) {
+                            let sum = (sum + add)?;
+                            total.insert(var, sum);
+                        }
+                    }
+                    total
+                }
+            });
+        }
+        if let Some(grads) = summed {
+            optimizer.step(&grads)?;
+        }
         options.device.synchronize()?;
         if step >= options.warmup {
             baseline_step_s.push(started.elapsed().as_secs_f64());

@@ -46,6 +46,10 @@ pub struct LearnerBenchArgs {
     #[arg(long, env = "TGRPO_BENCH_LORA_RANK", default_value_t = 64)]
     lora_rank: usize,
 
+    /// Micro-batches per step (gradient accumulation): activation memory of B/N sequences.
+    #[arg(long, env = "TGRPO_BENCH_MICRO_BATCHES", default_value_t = 1)]
+    micro_batches: usize,
+
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "TGRPO_BENCH_DEVICE", default_value = "cpu")]
     device: String,
@@ -69,11 +73,12 @@ pub async fn run(args: LearnerBenchArgs) -> anyhow::Result<()> {
     let device = open_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype, device.is_cpu())?;
     println!(
-        "learner step: B={} × T={} ({} prompt + {} completion), LoRA r={}, {} {:?}",
+        "learner step: B={} × T={} ({} prompt + {} completion) in {} micro-batch(es), LoRA r={}, {} {:?}",
         args.sequences,
         args.prompt_len + args.completion_len,
         args.prompt_len,
         args.completion_len,
+        args.micro_batches.max(1),
         args.lora_rank,
         args.device,
         dtype,
@@ -98,6 +103,7 @@ pub async fn run(args: LearnerBenchArgs) -> anyhow::Result<()> {
             device: device.clone(),
             dtype,
             seed: 42,
+            micro_batches: args.micro_batches.max(1),
         };
         // Seconds to minutes of pure compute: off the async runtime.
         let report = tokio::task::spawn_blocking(move || bench_learner(&options)).await??;
