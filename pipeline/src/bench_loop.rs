@@ -29,7 +29,7 @@ use crate::data::prepare_data;
 use crate::error::{PipelineError, Result};
 use crate::model::{load_policy, resolve_model};
 use crate::synthesis::synthesize_traces;
-use crate::train::{StageOptions, timed_train_loop};
+use crate::train::{StageOptions, build_learner, timed_train_loop};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -184,12 +184,7 @@ fn bench_config(base: &TgrpoConfig, work_dir: &Path) -> TgrpoConfig {
     config.data.output_dir.clone_from(&data);
     config.teacher.cache_dir = Some(data.join("teacher_cache"));
     config.teacher.traces_path = data.join("synthetic_traces.jsonl");
-    config.sync_derived();
-    config.learner.prompts_path = config.data.train_path();
-    config
-        .dual_source
-        .teacher_traces_path
-        .clone_from(&config.teacher.traces_path);
+    config.sync_derived_and_paths();
     config
 }
 
@@ -270,18 +265,7 @@ async fn measure(config: &TgrpoConfig) -> Result<LoopRunStats> {
     let problems = tgrpo_learner::role::load_prompts(&learner_config)?;
     // A fresh policy per run: no adapter left installed by the previous one.
     let policy = load_policy(config, &config.model.source).await?;
-    let learner = {
-        let lora = config.lora.clone();
-        let policy = policy.clone();
-        let problems = problems.clone();
-        tokio::task::spawn_blocking(move || {
-            tgrpo_learner::role::build_learner(&learner_config, &lora, &policy, &problems)
-        })
-        .await
-        .map_err(|join| {
-            PipelineError::stage("bench loop", format!("learner setup failed: {join}"))
-        })??
-    };
+    let learner = build_learner(config, &learner_config, &policy, &problems, "bench loop").await?;
     let run = timed_train_loop(config, policy, learner, problems, &StageOptions::default()).await?;
     let mut stats = LoopRunStats {
         max_staleness: config.grpo.max_staleness,

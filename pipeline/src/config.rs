@@ -985,6 +985,18 @@ impl TgrpoConfig {
         }
     }
 
+    /// [`sync_derived`](Self::sync_derived), and the learner's prompts and teacher traces
+    /// follow this config's own data stage and synthesis outputs: for configs built in
+    /// code that moved `data.output_dir` or `teacher.traces_path` (a loaded file decides
+    /// those two keys itself).
+    pub fn sync_derived_and_paths(&mut self) {
+        self.sync_derived();
+        self.learner.prompts_path = self.data.train_path();
+        self.dual_source
+            .teacher_traces_path
+            .clone_from(&self.teacher.traces_path);
+    }
+
     /// Re-derives the keys that always follow another (model, device, dtype, run id,
     /// output directory) after code changed a source field in place.
     pub fn sync_derived(&mut self) {

@@ -187,13 +187,7 @@ pub fn config() -> TgrpoConfig {
     config.evaluation.temperature = 1.0;
     config.evaluation.top_p = 1.0;
     config.evaluation.max_new_tokens = 40;
-    config.sync_derived();
-    // The derived paths that follow other keys only at load time.
-    config.learner.prompts_path = config.data.train_path();
-    config
-        .dual_source
-        .teacher_traces_path
-        .clone_from(&config.teacher.traces_path);
+    config.sync_derived_and_paths();
     config
 }
 

@@ -118,17 +118,7 @@ pub async fn train(config: &TgrpoConfig, options: &StageOptions) -> Result<Train
     let problems = tgrpo_learner::role::load_prompts(&learner_config)?;
     let spec = resolve_model(config)?;
     let policy = load_policy(config, &spec).await?;
-    let learner = {
-        let learner_config = learner_config.clone();
-        let lora = config.lora.clone();
-        let policy = policy.clone();
-        let problems = problems.clone();
-        tokio::task::spawn_blocking(move || {
-            tgrpo_learner::role::build_learner(&learner_config, &lora, &policy, &problems)
-        })
-        .await
-        .map_err(|join| PipelineError::stage("train", format!("learner setup failed: {join}")))??
-    };
+    let learner = build_learner(config, &learner_config, &policy, &problems, "train").await?;
     let outcome = train_loop(config, policy, learner, problems, options).await;
     if metrics_path.exists() {
         write_training_report(config, &metrics_path, &report_path)?;
@@ -161,6 +151,28 @@ pub async fn train_loop(
 ) -> Result<(RunSummary, Vec<WorkerSummary>)> {
     let run = timed_train_loop(config, policy, learner, problems, options).await?;
     Ok((run.summary, run.workers))
+}
+
+/// The learner for `policy` (its adapter initialised, its optimizer and checkpoint state
+/// fresh or resumed): seconds of CPU work on a large model, so on a blocking thread.
+/// `stage` names the caller in the error.
+pub(crate) async fn build_learner(
+    config: &TgrpoConfig,
+    learner_config: &tgrpo_learner::LearnerConfig,
+    policy: &Policy,
+    problems: &[Problem],
+    stage: &'static str,
+) -> Result<Learner<LoraPolicy>> {
+    let learner_config = learner_config.clone();
+    let lora = config.lora.clone();
+    let policy = policy.clone();
+    let problems = problems.to_vec();
+    tokio::task::spawn_blocking(move || {
+        tgrpo_learner::role::build_learner(&learner_config, &lora, &policy, &problems)
+    })
+    .await
+    .map_err(|join| PipelineError::stage(stage, format!("learner setup failed: {join}")))?
+    .map_err(PipelineError::from)
 }
 
 /// What [`timed_train_loop`] returns: the summaries and how long training itself took.

@@ -433,7 +433,6 @@ impl Reference {
     /// Batch-1 generation of `new_tokens` tokens after `prompt` (temperature 1).
     fn generate(&mut self, prompt: &[u32], new_tokens: usize) -> Result<Rate> {
         let ctx = || "reference generation".to_string();
-        let mut sampler = LogitsProcessor::new(1, Some(1.0), None);
         let mut cache = match &mut self.model {
             ReferenceModel::Llama(_, c) => {
                 Some(llama::Cache::new(true, self.dtype, c, &self.device).ctx(ctx)?)
@@ -443,34 +442,52 @@ impl Reference {
                 None
             }
         };
-        let start = Instant::now();
-        let mut decode_start = start;
-        let mut tokens = prompt.to_vec();
-        let mut pos = 0;
-        for step in 0..new_tokens {
-            if step == 1 {
-                decode_start = Instant::now();
-            }
-            let input = Tensor::new(&tokens[pos..], &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .ctx(ctx)?;
-            let logits = match (&mut self.model, cache.as_mut()) {
-                (ReferenceModel::Qwen2(m), _) => m.forward(&input, pos),
-                (ReferenceModel::Llama(m, _), Some(cache)) => m.forward(&input, pos, cache),
+        let device = self.device.clone();
+        let model = &mut self.model;
+        timed_decode(prompt, new_tokens, &device, ctx, |input, pos| {
+            match (&mut *model, cache.as_mut()) {
+                (ReferenceModel::Qwen2(m), _) => m.forward(input, pos),
+                (ReferenceModel::Llama(m, _), Some(cache)) => m.forward(input, pos, cache),
                 (ReferenceModel::Llama(..), None) => {
                     unreachable!("a llama reference has a cache")
                 }
             }
-            .and_then(|l| l.flatten_all())
-            .ctx(ctx)?;
-            pos = tokens.len();
-            tokens.push(sampler.sample(&logits).ctx(ctx)?);
-        }
-        Ok(Rate {
-            end_to_end: new_tokens as f64 / start.elapsed().as_secs_f64(),
-            decode: (new_tokens - 1) as f64 / decode_start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Batch-1 decoding of `new_tokens` tokens after `prompt` with a model's `forward(input,
+/// position)` (its own KV cache), sampling at temperature 1: end-to-end and decode-only
+/// rates, the way every reference is timed.
+fn timed_decode(
+    prompt: &[u32],
+    new_tokens: usize,
+    device: &Device,
+    ctx: impl Fn() -> String + Copy,
+    mut forward: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+) -> Result<Rate> {
+    let mut sampler = LogitsProcessor::new(1, Some(1.0), None);
+    let start = Instant::now();
+    let mut decode_start = start;
+    let mut tokens = prompt.to_vec();
+    let mut pos = 0;
+    for step in 0..new_tokens {
+        if step == 1 {
+            decode_start = Instant::now();
+        }
+        let input = Tensor::new(&tokens[pos..], device)
+            .and_then(|t| t.unsqueeze(0))
+            .ctx(ctx)?;
+        let logits = forward(&input, pos)
+            .and_then(|l| l.flatten_all())
+            .ctx(ctx)?;
+        pos = tokens.len();
+        tokens.push(sampler.sample(&logits).ctx(ctx)?);
+    }
+    Ok(Rate {
+        end_to_end: new_tokens as f64 / start.elapsed().as_secs_f64(),
+        decode: (new_tokens - 1) as f64 / decode_start.elapsed().as_secs_f64(),
+    })
 }
 
 fn llama_config(cfg: &ModelConfig) -> llama::Config {
@@ -515,31 +532,16 @@ fn quantized_reference(
             quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).ctx(ctx)?,
         )),
     };
-    let mut sampler = LogitsProcessor::new(1, Some(1.0), None);
-    let mut tokens = prompt.to_vec();
-    let mut pos = 0;
-    let start = Instant::now();
-    let mut decode_start = start;
-    for step in 0..new_tokens {
-        if step == 1 {
-            decode_start = Instant::now();
-        }
-        let input = Tensor::new(&tokens[pos..], &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .ctx(ctx)?;
-        let logits = match &mut model {
-            Quantized::Qwen2(m) => m.forward(&input, pos),
-            Quantized::Llama(m) => m.forward(&input, pos),
-        }
-        .and_then(|l| l.flatten_all())
-        .ctx(ctx)?;
-        pos = tokens.len();
-        tokens.push(sampler.sample(&logits).ctx(ctx)?);
-    }
-    Ok(Rate {
-        end_to_end: new_tokens as f64 / start.elapsed().as_secs_f64(),
-        decode: (new_tokens - 1) as f64 / decode_start.elapsed().as_secs_f64(),
-    })
+    timed_decode(
+        prompt,
+        new_tokens,
+        &Device::Cpu,
+        ctx,
+        |input, pos| match &mut model {
+            Quantized::Qwen2(m) => m.forward(input, pos),
+            Quantized::Llama(m) => m.forward(input, pos),
+        },
+    )
 }
 
 #[cfg(test)]

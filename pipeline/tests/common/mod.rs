@@ -29,11 +29,6 @@ pub fn demo_config(dir: &Path) -> TgrpoConfig {
     config.teacher.cache_dir = Some(dir.join("data/teacher_cache"));
     config.teacher.traces_path = dir.join("data/synthetic_traces.jsonl");
     config.executor = executor_config();
-    config.sync_derived();
-    config.learner.prompts_path = config.data.train_path();
-    config
-        .dual_source
-        .teacher_traces_path
-        .clone_from(&config.teacher.traces_path);
+    config.sync_derived_and_paths();
     config
 }
