@@ -65,10 +65,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The 1-minute load average, to read the numbers against (`None` off Linux).
-fn load_average() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next().map(str::to_string)
+/// The 1-minute load average, printed next to benchmark numbers so they are read against
+/// the machine's load (`?` where /proc/loadavg is absent, i.e. off Linux).
+pub(super) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// Runs `tgrpo bench loop` and prints one row per run, the pooled rows and the ratio.
@@ -90,7 +93,7 @@ async fn run_loop(args: LoopBenchArgs) -> anyhow::Result<()> {
         options.workers,
         options.steps,
         std::thread::available_parallelism().map_or(0, usize::from),
-        load_average().unwrap_or_else(|| "?".to_string()),
+        load_average(),
     );
     let report = bench_loop(&options).await?;
     println!(
@@ -130,7 +133,7 @@ async fn run_loop(args: LoopBenchArgs) -> anyhow::Result<()> {
         } else {
             0.0
         },
-        load_average().unwrap_or_else(|| "?".to_string()),
+        load_average(),
     );
     println!(
         "trained: groups that reached an optimizer step; sampled and tokens: what the workers produced (groups sampled ahead and dropped included)"

@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+
+use super::bench::load_average;
 use tgrpo_policy::bench::{
     BenchModel, SampleBenchOptions, SampleBenchReport, bench_sample, default_models_dir,
 };
@@ -63,14 +65,6 @@ pub struct SampleBenchArgs {
     /// Weight dtype of both models: `auto` (f32 on CPU, bf16 on GPU), `f32`, `bf16`, `f16`.
     #[arg(long, env = "TGRPO_BENCH_DTYPE", default_value = "auto")]
     dtype: String,
-}
-
-/// The 1-minute load average (Linux), to print next to the numbers.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs the benchmark and prints one row per model.
